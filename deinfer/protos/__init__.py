@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for DeInfer's contracts (source: protos/)."""

@@ -1,0 +1,1 @@
+"""DeInfer services: one package per service; common/ holds what two services share."""

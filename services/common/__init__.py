@@ -1,0 +1,1 @@
+"""Code shared by at least two services: settings, logging, the Redis store, gRPC plumbing."""

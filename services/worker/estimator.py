@@ -1,0 +1,69 @@
+"""Batch-time estimate: an EWMA per amount of input work, interpolated between measurements."""
+
+from __future__ import annotations
+
+import bisect
+
+
+class BatchTimeEstimator:
+    """Predicts how long one batch takes (seconds, dispatch to results) from its input
+    elements (rows x elements per row, summed over inputs).
+
+    Keyed by elements, not rows: a row of a long sequence costs many times one of a short
+    one, and a warm-up at a short shape must not make long requests look cheap.
+
+    Seeded by the warm-up runs, then updated with every executed batch. Sizes never seen
+    are interpolated linearly between measured neighbours; beyond the largest measured size
+    the time grows in proportion to the elements, below the smallest it stays at the smallest
+    one's time: both err on the slow side, which makes admission conservative. The first
+    measurement of a size is taken as is.
+
+    One stall (a page fault storm, a noisy neighbour) must not inflate the estimate so far
+    that admission refuses everything and no new measurement ever corrects it: a later sample
+    of a known size counts at most `MAX_JUMP` times the current estimate.
+    """
+
+    MAX_JUMP = 3.0
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._sizes: list[int] = []  # sorted element counts with a measurement
+        self._seconds: dict[int, float] = {}
+        self.observed_at = -float("inf")  # clock time of the last measurement
+
+    @property
+    def known(self) -> bool:
+        return bool(self._sizes)
+
+    def observe(self, elements: int, seconds: float, now: float) -> None:
+        self.observed_at = now
+        previous = self._seconds.get(elements)
+        if previous is None:
+            bisect.insort(self._sizes, elements)
+            self._seconds[elements] = seconds
+        else:
+            sample = min(seconds, self.MAX_JUMP * previous)
+            self._seconds[elements] = previous + self.alpha * (sample - previous)
+
+    def estimate(self, elements: int) -> float:
+        """Seconds for a batch of `elements`; 0.0 before any measurement (nothing to go on)."""
+        exact = self._seconds.get(elements)
+        if exact is not None:
+            return exact
+        if not self._sizes:
+            return 0.0
+        i = bisect.bisect_left(self._sizes, elements)
+        if i == 0:
+            return self._seconds[self._sizes[0]]
+        if i == len(self._sizes):
+            largest = self._sizes[-1]
+            return self._seconds[largest] * elements / largest
+        lo, hi = self._sizes[i - 1], self._sizes[i]
+        t_lo, t_hi = self._seconds[lo], self._seconds[hi]
+        return t_lo + (t_hi - t_lo) * (elements - lo) / (hi - lo)
+
+    def work(self, rows: int, max_rows: int, per_row: int) -> float:
+        """Seconds to run `rows` rows of `per_row` elements each in batches of `max_rows`."""
+        full, rest = divmod(rows, max_rows)
+        total = full * self.estimate(max_rows * per_row) if full else 0.0
+        return total + (self.estimate(rest * per_row) if rest else 0.0)
