@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x19\x64\x65infer/v1/profiler.proto\x12\ndeinfer.v1\"{\n\x0cProfilePoint\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x05\x12\r\n\x05share\x18\x02 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x0e\n\x06std_ms\x18\x06 \x01(\x01\x12\x0c\n\x04runs\x18\x07 \x01(\x05\"\xca\x01\n\x0eStaticFeatures\x12\r\n\x05\x66lops\x18\x01 \x01(\x01\x12\x0e\n\x06params\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_moved\x18\x03 \x01(\x03\x12\x41\n\x0cop_histogram\x18\x04 \x03(\x0b\x32+.deinfer.v1.StaticFeatures.OpHistogramEntry\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\x05\x1a\x32\n\x10OpHistogramEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x94\x02\n\x0cModelProfile\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x03 \x01(\t\x12(\n\x06points\x18\x04 \x03(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12\x33\n\x0fstatic_features\x18\x05 \x01(\x0b\x32\x1a.deinfer.v1.StaticFeatures\x12=\n\x0bhw_counters\x18\x06 \x03(\x0b\x32(.deinfer.v1.ModelProfile.HwCountersEntry\x1a\x31\n\x0fHwCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8b\x01\n\x13ProfileModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\x04 \x03(\x05\x12\x0e\n\x06shares\x18\x05 \x03(\x01\x12\x0c\n\x04runs\x18\x06 \x01(\x05\x12\x0e\n\x06warmup\x18\x07 \x01(\x05\"P\n\x10\x43olocationMember\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x05\x12\r\n\x05share\x18\x04 \x01(\x01\"\x92\x01\n\rColocationRow\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.deinfer.v1.ColocationMember\x12\x12\n\nlatency_ms\x18\x02 \x03(\x01\x12\x17\n\x0fsolo_latency_ms\x18\x03 \x03(\x01\x12\x10\n\x08slowdown\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65vice_type\x18\x05 \x01(\t\"z\n\x18ProfileColocationRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.deinfer.v1.ColocationMember\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04runs\x18\x03 \x01(\x05\x12\x0e\n\x06warmup\x18\x04 \x01(\x05\"\xb0\x01\n\x0fProfileProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x05point\x18\x03 \x01(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12)\n\x07profile\x18\x04 \x01(\x0b\x32\x18.deinfer.v1.ModelProfile\x12&\n\x03row\x18\x05 \x01(\x0b\x32\x19.deinfer.v1.ColocationRow2\xb8\x01\n\x08Profiler\x12P\n\x0cProfileModel\x12\x1f.deinfer.v1.ProfileModelRequest\x1a\x1b.deinfer.v1.ProfileProgress\"\x00\x30\x01\x12Z\n\x11ProfileColocation\x12$.deinfer.v1.ProfileColocationRequest\x1a\x1b.deinfer.v1.ProfileProgress\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x19\x64\x65infer/v1/profiler.proto\x12\ndeinfer.v1\"\x8c\x01\n\x0cProfilePoint\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x05\x12\r\n\x05share\x18\x02 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x0e\n\x06std_ms\x18\x06 \x01(\x01\x12\x0c\n\x04runs\x18\x07 \x01(\x05\x12\x0f\n\x07threads\x18\x08 \x01(\x05\"\x87\x02\n\x0eStaticFeatures\x12\r\n\x05\x66lops\x18\x01 \x01(\x01\x12\x0e\n\x06params\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_moved\x18\x03 \x01(\x03\x12\x41\n\x0cop_histogram\x18\x04 \x03(\x0b\x32+.deinfer.v1.StaticFeatures.OpHistogramEntry\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\x05\x12\x0c\n\x04macs\x18\x06 \x01(\x01\x12\x14\n\x0cweight_bytes\x18\x07 \x01(\x03\x12\x17\n\x0fsequence_length\x18\x08 \x01(\x05\x1a\x32\n\x10OpHistogramEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xef\x02\n\x0cModelProfile\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x03 \x01(\t\x12(\n\x06points\x18\x04 \x03(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12\x33\n\x0fstatic_features\x18\x05 \x01(\x0b\x32\x1a.deinfer.v1.StaticFeatures\x12=\n\x0bhw_counters\x18\x06 \x03(\x0b\x32(.deinfer.v1.ModelProfile.HwCountersEntry\x12\x13\n\x0b\x64\x65vice_name\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65vice_threads\x18\x08 \x01(\x05\x12\x17\n\x0fsequence_length\x18\t \x01(\x05\x12\x13\n\x0bmeasured_at\x18\n \x01(\x01\x1a\x31\n\x0fHwCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x01\n\x13ProfileModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\x04 \x03(\x05\x12\x0e\n\x06shares\x18\x05 \x03(\x01\x12\x0c\n\x04runs\x18\x06 \x01(\x05\x12\x0e\n\x06warmup\x18\x07 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x08 \x01(\x05\"a\n\x10\x43olocationMember\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x05\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x0f\n\x07threads\x18\x05 \x01(\x05\"\xdd\x02\n\rColocationRow\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.deinfer.v1.ColocationMember\x12\x12\n\nlatency_ms\x18\x02 \x03(\x01\x12\x17\n\x0fsolo_latency_ms\x18\x03 \x03(\x01\x12\x10\n\x08slowdown\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65vice_type\x18\x05 \x01(\t\x12(\n\x06points\x18\x06 \x03(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12-\n\x0bsolo_points\x18\x07 \x03(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12\x13\n\x0b\x64\x65vice_name\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x65vice_threads\x18\t \x01(\x05\x12\x17\n\x0fsequence_length\x18\n \x01(\x05\x12\x13\n\x0bmeasured_at\x18\x0b \x01(\x01\x12\x15\n\rexperiment_id\x18\x0c \x01(\t\"\x93\x01\n\x18ProfileColocationRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.deinfer.v1.ColocationMember\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04runs\x18\x03 \x01(\x05\x12\x0e\n\x06warmup\x18\x04 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x05 \x01(\x05\"\xb0\x01\n\x0fProfileProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x05point\x18\x03 \x01(\x0b\x32\x18.deinfer.v1.ProfilePoint\x12)\n\x07profile\x18\x04 \x01(\x0b\x32\x18.deinfer.v1.ModelProfile\x12&\n\x03row\x18\x05 \x01(\x0b\x32\x19.deinfer.v1.ColocationRow2\xb8\x01\n\x08Profiler\x12P\n\x0cProfileModel\x12\x1f.deinfer.v1.ProfileModelRequest\x1a\x1b.deinfer.v1.ProfileProgress\"\x00\x30\x01\x12Z\n\x11ProfileColocation\x12$.deinfer.v1.ProfileColocationRequest\x1a\x1b.deinfer.v1.ProfileProgress\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATICFEATURES_OPHISTOGRAMENTRY']._serialized_options = b'8\001'
   _globals['_MODELPROFILE_HWCOUNTERSENTRY']._loaded_options = None
   _globals['_MODELPROFILE_HWCOUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_PROFILEPOINT']._serialized_start=41
-  _globals['_PROFILEPOINT']._serialized_end=164
-  _globals['_STATICFEATURES']._serialized_start=167
-  _globals['_STATICFEATURES']._serialized_end=369
-  _globals['_STATICFEATURES_OPHISTOGRAMENTRY']._serialized_start=319
-  _globals['_STATICFEATURES_OPHISTOGRAMENTRY']._serialized_end=369
-  _globals['_MODELPROFILE']._serialized_start=372
-  _globals['_MODELPROFILE']._serialized_end=648
-  _globals['_MODELPROFILE_HWCOUNTERSENTRY']._serialized_start=599
-  _globals['_MODELPROFILE_HWCOUNTERSENTRY']._serialized_end=648
-  _globals['_PROFILEMODELREQUEST']._serialized_start=651
-  _globals['_PROFILEMODELREQUEST']._serialized_end=790
-  _globals['_COLOCATIONMEMBER']._serialized_start=792
-  _globals['_COLOCATIONMEMBER']._serialized_end=872
-  _globals['_COLOCATIONROW']._serialized_start=875
-  _globals['_COLOCATIONROW']._serialized_end=1021
-  _globals['_PROFILECOLOCATIONREQUEST']._serialized_start=1023
-  _globals['_PROFILECOLOCATIONREQUEST']._serialized_end=1145
-  _globals['_PROFILEPROGRESS']._serialized_start=1148
-  _globals['_PROFILEPROGRESS']._serialized_end=1324
-  _globals['_PROFILER']._serialized_start=1327
-  _globals['_PROFILER']._serialized_end=1511
+  _globals['_PROFILEPOINT']._serialized_start=42
+  _globals['_PROFILEPOINT']._serialized_end=182
+  _globals['_STATICFEATURES']._serialized_start=185
+  _globals['_STATICFEATURES']._serialized_end=448
+  _globals['_STATICFEATURES_OPHISTOGRAMENTRY']._serialized_start=398
+  _globals['_STATICFEATURES_OPHISTOGRAMENTRY']._serialized_end=448
+  _globals['_MODELPROFILE']._serialized_start=451
+  _globals['_MODELPROFILE']._serialized_end=818
+  _globals['_MODELPROFILE_HWCOUNTERSENTRY']._serialized_start=769
+  _globals['_MODELPROFILE_HWCOUNTERSENTRY']._serialized_end=818
+  _globals['_PROFILEMODELREQUEST']._serialized_start=821
+  _globals['_PROFILEMODELREQUEST']._serialized_end=985
+  _globals['_COLOCATIONMEMBER']._serialized_start=987
+  _globals['_COLOCATIONMEMBER']._serialized_end=1084
+  _globals['_COLOCATIONROW']._serialized_start=1087
+  _globals['_COLOCATIONROW']._serialized_end=1436
+  _globals['_PROFILECOLOCATIONREQUEST']._serialized_start=1439
+  _globals['_PROFILECOLOCATIONREQUEST']._serialized_end=1586
+  _globals['_PROFILEPROGRESS']._serialized_start=1589
+  _globals['_PROFILEPROGRESS']._serialized_end=1765
+  _globals['_PROFILER']._serialized_start=1768
+  _globals['_PROFILER']._serialized_end=1952
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProfilePoint(_message.Message):
-    __slots__ = ("batch", "share", "mean_ms", "p50_ms", "p99_ms", "std_ms", "runs")
+    __slots__ = ("batch", "share", "mean_ms", "p50_ms", "p99_ms", "std_ms", "runs", "threads")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
     MEAN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ProfilePoint(_message.Message):
     P99_MS_FIELD_NUMBER: _ClassVar[int]
     STD_MS_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     batch: int
     share: float
     mean_ms: float
@@ -23,10 +24,11 @@ class ProfilePoint(_message.Message):
     p99_ms: float
     std_ms: float
     runs: int
-    def __init__(self, batch: _Optional[int] = ..., share: _Optional[float] = ..., mean_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., runs: _Optional[int] = ...) -> None: ...
+    threads: int
+    def __init__(self, batch: _Optional[int] = ..., share: _Optional[float] = ..., mean_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., runs: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class StaticFeatures(_message.Message):
-    __slots__ = ("flops", "params", "bytes_moved", "op_histogram", "depth")
+    __slots__ = ("flops", "params", "bytes_moved", "op_histogram", "depth", "macs", "weight_bytes", "sequence_length")
     class OpHistogramEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,15 +41,21 @@ class StaticFeatures(_message.Message):
     BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
     OP_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     flops: float
     params: int
     bytes_moved: int
     op_histogram: _containers.ScalarMap[str, int]
     depth: int
-    def __init__(self, flops: _Optional[float] = ..., params: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., op_histogram: _Optional[_Mapping[str, int]] = ..., depth: _Optional[int] = ...) -> None: ...
+    macs: float
+    weight_bytes: int
+    sequence_length: int
+    def __init__(self, flops: _Optional[float] = ..., params: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., op_histogram: _Optional[_Mapping[str, int]] = ..., depth: _Optional[int] = ..., macs: _Optional[float] = ..., weight_bytes: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
 
 class ModelProfile(_message.Message):
-    __slots__ = ("model", "version", "device_type", "points", "static_features", "hw_counters")
+    __slots__ = ("model", "version", "device_type", "points", "static_features", "hw_counters", "device_name", "device_threads", "sequence_length", "measured_at")
     class HwCountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,16 +69,24 @@ class ModelProfile(_message.Message):
     POINTS_FIELD_NUMBER: _ClassVar[int]
     STATIC_FEATURES_FIELD_NUMBER: _ClassVar[int]
     HW_COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     device_type: str
     points: _containers.RepeatedCompositeFieldContainer[ProfilePoint]
     static_features: StaticFeatures
     hw_counters: _containers.ScalarMap[str, float]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., device_type: _Optional[str] = ..., points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., static_features: _Optional[_Union[StaticFeatures, _Mapping]] = ..., hw_counters: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    device_name: str
+    device_threads: int
+    sequence_length: int
+    measured_at: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., device_type: _Optional[str] = ..., points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., static_features: _Optional[_Union[StaticFeatures, _Mapping]] = ..., hw_counters: _Optional[_Mapping[str, float]] = ..., device_name: _Optional[str] = ..., device_threads: _Optional[int] = ..., sequence_length: _Optional[int] = ..., measured_at: _Optional[float] = ...) -> None: ...
 
 class ProfileModelRequest(_message.Message):
-    __slots__ = ("model", "version", "worker_id", "batch_sizes", "shares", "runs", "warmup")
+    __slots__ = ("model", "version", "worker_id", "batch_sizes", "shares", "runs", "warmup", "sequence_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +94,7 @@ class ProfileModelRequest(_message.Message):
     SHARES_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     worker_id: str
@@ -85,45 +102,64 @@ class ProfileModelRequest(_message.Message):
     shares: _containers.RepeatedScalarFieldContainer[float]
     runs: int
     warmup: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., shares: _Optional[_Iterable[float]] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ...) -> None: ...
+    sequence_length: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., shares: _Optional[_Iterable[float]] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
 
 class ColocationMember(_message.Message):
-    __slots__ = ("model", "version", "batch", "share")
+    __slots__ = ("model", "version", "batch", "share", "threads")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     batch: int
     share: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., batch: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+    threads: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., batch: _Optional[int] = ..., share: _Optional[float] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class ColocationRow(_message.Message):
-    __slots__ = ("members", "latency_ms", "solo_latency_ms", "slowdown", "device_type")
+    __slots__ = ("members", "latency_ms", "solo_latency_ms", "slowdown", "device_type", "points", "solo_points", "device_name", "device_threads", "sequence_length", "measured_at", "experiment_id")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     SOLO_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     SLOWDOWN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SOLO_POINTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[ColocationMember]
     latency_ms: _containers.RepeatedScalarFieldContainer[float]
     solo_latency_ms: _containers.RepeatedScalarFieldContainer[float]
     slowdown: _containers.RepeatedScalarFieldContainer[float]
     device_type: str
-    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., solo_latency_ms: _Optional[_Iterable[float]] = ..., slowdown: _Optional[_Iterable[float]] = ..., device_type: _Optional[str] = ...) -> None: ...
+    points: _containers.RepeatedCompositeFieldContainer[ProfilePoint]
+    solo_points: _containers.RepeatedCompositeFieldContainer[ProfilePoint]
+    device_name: str
+    device_threads: int
+    sequence_length: int
+    measured_at: float
+    experiment_id: str
+    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., solo_latency_ms: _Optional[_Iterable[float]] = ..., slowdown: _Optional[_Iterable[float]] = ..., device_type: _Optional[str] = ..., points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., solo_points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., device_name: _Optional[str] = ..., device_threads: _Optional[int] = ..., sequence_length: _Optional[int] = ..., measured_at: _Optional[float] = ..., experiment_id: _Optional[str] = ...) -> None: ...
 
 class ProfileColocationRequest(_message.Message):
-    __slots__ = ("members", "worker_id", "runs", "warmup")
+    __slots__ = ("members", "worker_id", "runs", "warmup", "sequence_length")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[ColocationMember]
     worker_id: str
     runs: int
     warmup: int
-    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., worker_id: _Optional[str] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ...) -> None: ...
+    sequence_length: int
+    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., worker_id: _Optional[str] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
 
 class ProfileProgress(_message.Message):
     __slots__ = ("fraction", "message", "point", "profile", "row")
