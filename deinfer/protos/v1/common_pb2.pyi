@@ -60,7 +60,7 @@ class ModelSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., platform: _Optional[str] = ..., artifact_path: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., registered_at: _Optional[float] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class InstanceSpec(_message.Message):
-    __slots__ = ("instance_id", "model", "version", "worker_id", "max_batch_size", "max_delay_ms", "share", "queue_capacity", "planned_throughput")
+    __slots__ = ("instance_id", "model", "version", "worker_id", "max_batch_size", "max_delay_ms", "share", "queue_capacity", "planned_throughput", "device_memory_mb")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class InstanceSpec(_message.Message):
     SHARE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     PLANNED_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model: str
     version: str
@@ -79,7 +80,8 @@ class InstanceSpec(_message.Message):
     share: float
     queue_capacity: int
     planned_throughput: float
-    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., share: _Optional[float] = ..., queue_capacity: _Optional[int] = ..., planned_throughput: _Optional[float] = ...) -> None: ...
+    device_memory_mb: int
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., share: _Optional[float] = ..., queue_capacity: _Optional[int] = ..., planned_throughput: _Optional[float] = ..., device_memory_mb: _Optional[int] = ...) -> None: ...
 
 class QueueState(_message.Message):
     __slots__ = ("instance_id", "model", "version", "state", "queue_length", "queue_capacity", "served", "rejected", "failed", "latency_ms_mean", "latency_ms_p99", "batch_ms_mean", "mean_batch_size", "error", "max_batch_size", "share")
@@ -118,7 +120,7 @@ class QueueState(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[InstanceState, str]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., served: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ..., latency_ms_mean: _Optional[float] = ..., latency_ms_p99: _Optional[float] = ..., batch_ms_mean: _Optional[float] = ..., mean_batch_size: _Optional[float] = ..., error: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "address", "device", "cpu_threads", "started_at", "heartbeat_at", "instances", "draining")
+    __slots__ = ("worker_id", "address", "device", "cpu_threads", "started_at", "heartbeat_at", "instances", "draining", "gpus", "mps_reachable")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,8 @@ class WorkerInfo(_message.Message):
     HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MPS_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     device: str
@@ -135,7 +139,31 @@ class WorkerInfo(_message.Message):
     heartbeat_at: float
     instances: _containers.RepeatedCompositeFieldContainer[QueueState]
     draining: bool
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[QueueState, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuState]
+    mps_reachable: bool
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., started_at: _Optional[float] = ..., heartbeat_at: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[QueueState, _Mapping]]] = ..., draining: _Optional[bool] = ..., gpus: _Optional[_Iterable[_Union[GpuState, _Mapping]]] = ..., mps_reachable: _Optional[bool] = ...) -> None: ...
+
+class GpuState(_message.Message):
+    __slots__ = ("index", "name", "utilization_percent", "memory_utilization_percent", "memory_used_bytes", "memory_total_bytes", "sm_clock_mhz", "power_watts", "sampled_at")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SM_CLOCK_MHZ_FIELD_NUMBER: _ClassVar[int]
+    POWER_WATTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    utilization_percent: float
+    memory_utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    sm_clock_mhz: float
+    power_watts: float
+    sampled_at: float
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., utilization_percent: _Optional[float] = ..., memory_utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., sm_clock_mhz: _Optional[float] = ..., power_watts: _Optional[float] = ..., sampled_at: _Optional[float] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("version", "created_at", "policy", "instances", "reason")
