@@ -1,19 +1,21 @@
 """The executor interface: what an instance process needs from a device backend.
 
-An executor runs one model on one device inside an instance process. ONNX Runtime (CPU) is
-the first backend; GPU backends plug in behind `create_executor` with the same contract.
+An executor runs one model on one device inside an instance process: ONNX Runtime on the
+CPU, TensorRT on a GPU (docs/gpu.md), or a custom factory, all behind `create_executor`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from deinfer.protos.v1 import common_pb2
 from deinfer.tensors import from_name
+from services.worker.device import load_factory, parse_device
 
 
 class ExecutorLoadError(Exception):
@@ -40,14 +42,35 @@ class Executor(ABC):
         """Release the device resources."""
 
 
-def create_executor(device: str, cpu_threads: int) -> Executor:
-    """The executor for a device name ("cpu"); ValueError for devices not supported."""
-    if device == "cpu":
-        # Imported here so that a process never loads a backend it does not use.
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """What a GPU executor needs beyond the model: the planned batch sizes and precision."""
+
+    max_batch_size: int = 0  # planned max rows per batch; 0: the model has no batch dimension
+    opt_batch_size: int = 0  # the batch size the plan runs most (0: max_batch_size)
+    fp16: bool = False
+    workspace_mb: int = 1024  # TensorRT builder workspace
+    engine_cache: bool = True  # keep built engines beside the model file
+
+
+def create_executor(
+    device: str, cpu_threads: int, options: ExecutorOptions | None = None
+) -> Executor:
+    """The executor for a device name (see services.worker.device); ValueError if unknown."""
+    spec = parse_device(device)
+    # Imported here so that a process never loads a backend it does not use.
+    if spec.kind == "cpu":
         from services.worker.onnxruntime_executor import OnnxRuntimeExecutor
 
         return OnnxRuntimeExecutor(cpu_threads)
-    raise ValueError(f"unsupported worker device {device!r} (supported: cpu)")
+    if spec.kind == "tensorrt":
+        from services.worker.tensorrt_executor import TensorRTExecutor
+
+        return TensorRTExecutor(spec.index, options or ExecutorOptions())
+    executor = load_factory(spec.factory)()
+    if not isinstance(executor, Executor):
+        raise ValueError(f"{spec.factory} returned {type(executor).__name__}, not an Executor")
+    return executor
 
 
 def signature_problems(

@@ -133,6 +133,10 @@ class Instance:
             self.state = State.INSTANCE_READY
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batch-{self.id}")
 
+    def switch_runner(self, runner: BatchRunner) -> None:
+        """Run the next batches with `runner` (a share change); a batch running stays put."""
+        self._runner = runner
+
     def begin_drain(self) -> None:
         if self.state in (State.INSTANCE_READY, State.INSTANCE_LOADING):
             self.state = State.INSTANCE_DRAINING

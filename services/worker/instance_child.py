@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 from pathlib import Path
@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from deinfer.protos.v1 import common_pb2
-from services.worker.executor import Executor, ExecutorInputError, create_executor
+from services.worker.executor import (
+    Executor,
+    ExecutorInputError,
+    ExecutorOptions,
+    create_executor,
+)
 from services.worker.ipc import SharedArena, Tensor, recv_message, resolve, send_message
 
 RUN, CLOSE, LOADED, LOAD_FAILED, DONE, FAILED = (
@@ -54,15 +59,19 @@ class ProcessConfig:
     share: float
     arena_bytes: int  # 0: no shared memory, every tensor goes through the pipe
     parent_pid: int = 0
+    # Set before the executor loads, hence before CUDA starts: the MPS share (services.worker.mps).
+    env: dict[str, str] = field(default_factory=dict)
+    options: ExecutorOptions = field(default_factory=ExecutorOptions)
 
 
 def child_main(conn: Connection, config: ProcessConfig) -> None:
     """Entry point of an instance process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(config.env)
     _exit_with_parent(config.parent_pid)
     arena = SharedArena(recv_handle(conn), config.arena_bytes) if config.arena_bytes else None
     try:
-        executor = create_executor(config.device, config.cpu_threads)
+        executor = create_executor(config.device, config.cpu_threads, config.options)
         model = common_pb2.ModelSpec.FromString(config.model)
         executor.load(Path(config.model_path), model, config.share)
     except Exception as exc:

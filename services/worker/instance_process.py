@@ -186,6 +186,16 @@ class InstanceProcess:
         finally:
             self._batch = None
 
+    def retire(self) -> None:
+        """The instance moved to another process: an exit of this one is no longer news."""
+        self._on_exit = lambda reason: None
+
+    async def finish_batch(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) for the batch in flight, if any, to be answered."""
+        batch = self._batch
+        if batch is not None:
+            await asyncio.wait([batch.future], timeout=timeout_s)
+
     async def close(self, timeout_s: float) -> None:
         """Stop the process: ask it to exit, kill it after `timeout_s`, reap it."""
         if self._closing:

@@ -19,11 +19,14 @@ from deinfer.protos.v1 import common_pb2, worker_pb2
 from deinfer.tensors import TensorError, from_name
 from services.worker import metrics as outcome
 from services.worker.codec import ModelLayout, RequestError, decode_request, encode_response
+from services.worker.device_runtime import DeviceRuntime
 from services.worker.errors import WorkerError
 from services.worker.instance import InferResult, Instance
 from services.worker.instance_process import InstanceLoadError, InstanceProcess, ProcessConfig
 from services.worker.metrics import WorkerMetrics
+from services.worker.mps import ShareRefused
 from services.worker.settings import WorkerSettings
+from services.worker.share_change import replace_process
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +81,23 @@ def model_layout(spec: common_pb2.InstanceSpec, model: common_pb2.ModelSpec) -> 
     return ModelLayout(model, spec.max_batch_size or model.max_batch_size, True)
 
 
+def _device_terms(spec: common_pb2.InstanceSpec) -> tuple[float, int]:
+    """What an instance process is started with, beyond the model: share and memory cap."""
+    return (spec.share or 1.0, spec.device_memory_mb)
+
+
 class InstanceManager:
-    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, settings: WorkerSettings, metrics: WorkerMetrics, device: DeviceRuntime | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.device = device or DeviceRuntime(settings)
         self.instances: dict[str, Instance] = {}
         self._processes: dict[str, InstanceProcess] = {}
         self._loads: dict[str, asyncio.Task[float]] = {}
         self._unloads: dict[str, asyncio.Task[int]] = {}
+        self._share_changes: dict[str, asyncio.Lock] = {}
         self.started_at = time.time()
         self.draining = False
         self.shutting_down = False
@@ -135,7 +147,8 @@ class InstanceManager:
                 grpc.StatusCode.UNAVAILABLE, f"instance {spec.instance_id} is being unloaded"
             )
         if existing is not None and existing.state != State.INSTANCE_FAILED:
-            return await self._existing(existing, layout)
+            return await self._existing(existing, layout, spec)
+        self._check_share(spec.share or 1.0)
         if existing is not None:  # a failed instance is replaced by a fresh load
             await self.unload(spec.instance_id, 0.0)
         hosted = sum(i.state != State.INSTANCE_FAILED for i in self.instances.values())
@@ -158,10 +171,17 @@ class InstanceManager:
         load_ms = await asyncio.shield(task)
         return worker_pb2.LoadInstanceResponse(state=instance.queue_state(), load_ms=load_ms)
 
+    def _check_share(self, share: float) -> None:
+        try:
+            self.device.check_share(share)
+        except ShareRefused as exc:
+            raise WorkerError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+
     async def _existing(
-        self, instance: Instance, layout: ModelLayout
+        self, instance: Instance, layout: ModelLayout, spec: common_pb2.InstanceSpec
     ) -> worker_pb2.LoadInstanceResponse:
-        """LoadInstance is idempotent: the same instance id answers the same instance."""
+        """LoadInstance is idempotent: the same instance id answers the same instance;
+        a new share (or memory cap) moves it to a new process (services.worker.share_change)."""
         if instance.layout.label != layout.label:
             raise WorkerError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -169,21 +189,65 @@ class InstanceManager:
             )
         load = self._loads.get(instance.id)
         load_ms = await asyncio.shield(load) if load is not None else 0.0
+        if _device_terms(spec) != _device_terms(instance.spec):
+            load_ms = await self._change_share(instance, spec)
         return worker_pb2.LoadInstanceResponse(state=instance.queue_state(), load_ms=load_ms)
 
-    async def _load(self, instance: Instance, path: Path, warmup: bool) -> float:
-        start = time.monotonic()
-        spec = instance.spec
-        config = ProcessConfig(
+    async def _change_share(self, instance: Instance, spec: common_pb2.InstanceSpec) -> float:
+        lock = self._share_changes.setdefault(instance.id, asyncio.Lock())
+        async with lock:
+            if _device_terms(spec) == _device_terms(instance.spec):
+                return 0.0  # a concurrent request made the same change
+            old = self._processes.get(instance.id)
+            if old is None or instance.state != State.INSTANCE_READY:
+                raise WorkerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"instance {instance.id} is not ready: its share cannot change now",
+                )
+            self._check_share(spec.share or 1.0)
+            start = time.monotonic()
+            path = Path(self.settings.model_repository) / instance.layout.model.artifact_path
+            new = InstanceProcess(self._process_config(instance, path, spec), instance.fail)
+            await replace_process(
+                instance, old, new, self.settings.worker_load_timeout_s, STOP_TIMEOUT_S
+            )
+            if self.instances.get(instance.id) is not instance or instance.id in self._unloads:
+                await new.close(STOP_TIMEOUT_S)  # unloaded meanwhile
+                raise WorkerError(
+                    grpc.StatusCode.UNAVAILABLE, f"instance {instance.id} was unloaded"
+                )
+            self._processes[instance.id] = new
+            instance.spec.share = spec.share
+            instance.spec.device_memory_mb = spec.device_memory_mb
+            load_ms = (time.monotonic() - start) * 1e3
+            log.info(
+                "instance share changed",
+                extra={"instance": instance.id, "share": spec.share or 1.0, "ms": load_ms},
+            )
+            return load_ms
+
+    def _process_config(
+        self, instance: Instance, path: Path, spec: common_pb2.InstanceSpec
+    ) -> ProcessConfig:
+        share = spec.share or 1.0
+        return ProcessConfig(
             instance_id=spec.instance_id,
             device=self.settings.worker_device,
             cpu_threads=self.settings.worker_cpu_threads,
             model_path=str(path),
             model=instance.layout.model.SerializeToString(),
-            share=spec.share or 1.0,
+            share=share,
             arena_bytes=self.settings.worker_shm_bytes,
+            env=self.device.instance_env(share, spec.device_memory_mb),
+            options=self.device.executor_options(
+                instance.layout.max_rows, instance.layout.batching
+            ),
         )
-        process = InstanceProcess(config, instance.fail)
+
+    async def _load(self, instance: Instance, path: Path, warmup: bool) -> float:
+        start = time.monotonic()
+        spec = instance.spec
+        process = InstanceProcess(self._process_config(instance, path, spec), instance.fail)
         try:
             try:
                 await process.start(self.settings.worker_load_timeout_s)
@@ -294,4 +358,5 @@ class InstanceManager:
             heartbeat_at=time.time(),
             instances=[i.queue_state() for i in self.instances.values()],
             draining=self.draining or self.shutting_down,
+            mps_reachable=self.device.mps.reachable,
         )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.settings import CommonSettings
+from services.worker.device import DeviceSpec, parse_device
+from services.worker.mps import pipe_directory
 
 
 def _default_worker_id() -> str:
@@ -26,7 +28,10 @@ class WorkerSettings(CommonSettings):
     )
     worker_heartbeat_s: float = Field(default=1.0, gt=0, description="heartbeat period")
     worker_heartbeat_ttl_s: float = Field(default=3.0, gt=0, description="heartbeat key lifetime")
-    worker_device: str = Field(default="cpu", description="device the executors use")
+    worker_device: str = Field(
+        default="cpu",
+        description="cpu | tensorrt[:N] | cuda[:N] | python:module:Factory (docs/gpu.md)",
+    )
     worker_cpu_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, gt=0, description="CPU threads to share"
     )
@@ -44,6 +49,28 @@ class WorkerSettings(CommonSettings):
         "larger tensors go through the pipe",
     )
 
+    worker_fp16: bool = Field(default=False, description="TensorRT: build FP16 engines")
+    worker_trt_workspace_mb: int = Field(
+        default=1024, gt=0, description="TensorRT: builder workspace per engine build"
+    )
+    worker_engine_cache: bool = Field(
+        default=True, description="TensorRT: keep built engines in the model repository"
+    )
+    worker_mps_pipe_directory: str = Field(
+        default_factory=lambda: str(pipe_directory(os.environ)),
+        description="MPS control daemon's pipe directory (default: $CUDA_MPS_PIPE_DIRECTORY "
+        "or /tmp/nvidia-mps)",
+    )
+    worker_gpu_monitor_s: float = Field(
+        default=2.0, ge=0, description="NVML sampling period; 0 disables GPU monitoring"
+    )
+
+    @field_validator("worker_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        parse_device(value)  # ValueError names the accepted forms
+        return value
+
     @model_validator(mode="after")
     def _fill_advertise_address(self) -> WorkerSettings:
         if not self.worker_advertise_address:
@@ -53,3 +80,7 @@ class WorkerSettings(CommonSettings):
     @property
     def bind_address(self) -> str:
         return f"{self.worker_host}:{self.worker_port}"
+
+    @property
+    def device(self) -> DeviceSpec:
+        return parse_device(self.worker_device)
