@@ -9,7 +9,10 @@ directory's `control` path: with a reader open it counts as reachable, without o
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from tests.conftest import TINY_CNN
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_GPU = "python:tests.fake_gpu:EnvRecordingExecutor"
 MODEL = common_pb2.ModelSpec()
 MODEL.CopyFrom(TINY_CNN)
@@ -208,3 +212,21 @@ def test_without_mps_shares_below_100_percent_are_refused(
             await manager.close()
 
     run(body)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
+)
+def test_worker_refuses_to_start_without_its_device(tmp_path: Path) -> None:
+    env = {**os.environ, "DEINFER_WORKER_DEVICE": "tensorrt:0", "DEINFER_LOG_FORMAT": "text"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "device tensorrt:0 unavailable" in done.stderr
+    assert "pip install 'deinfer[gpu]'" in done.stderr
