@@ -244,11 +244,19 @@ class TensorRTExecutor(Executor):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.options.workspace_mb << 20)
         if self.options.fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        else:
+            fp16 = getattr(trt.BuilderFlag, "FP16", None)
+            if fp16 is None:  # TensorRT 11 removed weak typing: precision is the model's
+                raise EngineBuildError(
+                    f"TensorRT {trt.__version__} has no FP16 builder flag (networks are "
+                    "strongly typed): give the worker an FP16 ONNX model, or unset "
+                    "DEINFER_WORKER_FP16",
+                    [],
+                )
+            config.set_flag(fp16)
+        elif (tf32 := getattr(trt.BuilderFlag, "TF32", None)) is not None:
             # TF32 is on by default and rounds fp32 matmuls to 10-bit mantissas: "fp32"
             # must mean the precision ONNX Runtime on the CPU gives.
-            config.clear_flag(trt.BuilderFlag.TF32)
+            config.clear_flag(tf32)
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             name = network.get_input(i).name

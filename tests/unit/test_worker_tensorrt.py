@@ -8,6 +8,7 @@ output's largest magnitude, and with the same arg-max per row.
 from __future__ import annotations
 
 import enum
+import importlib
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,6 +92,13 @@ def test_outputs_match_onnxruntime_cpu(tiny_cnn: Path, tmp_path: Path, fp16: boo
         pytest.skip(reason)
     model = tmp_path / "tiny_cnn.onnx"
     model.write_bytes(tiny_cnn.read_bytes())
+    trt: Any = importlib.import_module("tensorrt")
+    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11: strongly typed only
+        executor = TensorRTExecutor(0, ExecutorOptions(max_batch_size=8, fp16=True))
+        with pytest.raises(EngineBuildError, match="no FP16 builder flag"):
+            executor.load(model, TINY_CNN, 1.0)
+        executor.close()
+        return
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for attempt in ("build", "cache"):  # the second load must come from the engine cache
