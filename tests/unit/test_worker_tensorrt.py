@@ -26,6 +26,7 @@ from services.worker.tensorrt_executor import (
     EngineBuildError,
     TensorRTExecutor,
     TensorRTUnavailable,
+    _Buffer,
 )
 from tests.conftest import TINY_CNN
 
@@ -124,3 +125,24 @@ def test_outputs_match_onnxruntime_cpu(tiny_cnn: Path, tmp_path: Path, fp16: boo
             executor.close()
         engines = list((model.parent / "engines").glob("*.engine"))
         assert len(engines) == 1, attempt
+
+
+def test_inputs_are_checked_against_the_engine_buffers() -> None:
+    """The shape/dtype checks in front of the device copy (host memory stands in)."""
+    executor = TensorRTExecutor(0, ExecutorOptions(max_batch_size=4))
+    executor._batching = True
+    shape = (4, 3, 32, 32)
+    nbytes = 4 * 3 * 32 * 32 * 4
+    buffer = _Buffer("input", np.dtype(np.float32), shape, nbytes, 0, 0, np.zeros(nbytes, np.uint8))
+    executor._check_input(buffer, np.zeros((2, 3, 32, 32), np.float32))
+    view = buffer.host_view((2, 3, 32, 32))
+    view[...] = 1.0
+    assert buffer.host_bytes.view(np.float32)[: view.size].sum() == view.size
+    cases: list[tuple[np.ndarray, str]] = [
+        (np.zeros((5, 3, 32, 32), np.float32), r"shape \[5, 3, 32, 32\] does not fit"),
+        (np.zeros((2, 3, 16, 16), np.float32), "does not fit the engine"),
+        (np.zeros((2, 3, 32, 32), np.float64), "dtype float64, engine wants float32"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ExecutorInputError, match=message):
+            executor._check_input(buffer, bad)
