@@ -11,6 +11,9 @@ data. Layout (prefix `deinfer:`):
     events                  pub/sub channel: "models", "plan", "workers"
     rates                   hash  "<model>" -> ModelRate (controller.proto): arrival rate
                                   summed over the dispatchers (the controller writes it)
+    profiles:<device_type>  hash  "<name>/<version>" -> ModelProfile (profiler.proto): solo
+                                  latency table and static features (the profiler writes it)
+    colocation:<device_type> list ColocationRow (profiler.proto), oldest first
 
 Requests never pass through Redis; only control state does.
 """
@@ -27,7 +30,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from deinfer.protos.v1 import common_pb2, controller_pb2
+from deinfer.protos.v1 import common_pb2, controller_pb2, profiler_pb2
 
 PREFIX = "deinfer:"
 MODELS = PREFIX + "models"
@@ -35,6 +38,8 @@ PLAN = PREFIX + "plan"
 ROUTES = PREFIX + "routes"
 EVENTS = PREFIX + "events"
 RATES = PREFIX + "rates"
+PROFILES = PREFIX + "profiles:"
+COLOCATION = PREFIX + "colocation:"
 
 EVENT_MODELS = "models"
 EVENT_PLAN = "plan"
@@ -144,6 +149,30 @@ class Store:
             _bytes(k).decode(): controller_pb2.ModelRate.FromString(_bytes(v))
             for k, v in raw.items()
         }
+
+    # --- profiles --------------------------------------------------------------------------
+
+    async def put_profile(self, profile: profiler_pb2.ModelProfile) -> None:
+        key = model_key(profile.model, profile.version)
+        await self.redis.hset(PROFILES + profile.device_type, key, profile.SerializeToString())
+
+    async def get_profile(
+        self, name: str, version: str, device_type: str
+    ) -> profiler_pb2.ModelProfile | None:
+        raw = await self.redis.hget(PROFILES + device_type, model_key(name, version))
+        return profiler_pb2.ModelProfile.FromString(_bytes(raw)) if raw else None
+
+    async def list_profiles(self, device_type: str) -> list[profiler_pb2.ModelProfile]:
+        raw = await self.redis.hgetall(PROFILES + device_type)
+        profiles = [profiler_pb2.ModelProfile.FromString(_bytes(v)) for v in raw.values()]
+        return sorted(profiles, key=lambda p: (p.model, p.version))
+
+    async def add_colocation_row(self, row: profiler_pb2.ColocationRow) -> None:
+        await self.redis.rpush(COLOCATION + row.device_type, row.SerializeToString())
+
+    async def list_colocation_rows(self, device_type: str) -> list[profiler_pb2.ColocationRow]:
+        raw = await self.redis.lrange(COLOCATION + device_type, 0, -1)
+        return [profiler_pb2.ColocationRow.FromString(_bytes(v)) for v in raw]
 
     # --- worker membership ----------------------------------------------------------------
 

@@ -120,7 +120,7 @@ class ColocationMember(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., batch: _Optional[int] = ..., share: _Optional[float] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class ColocationRow(_message.Message):
-    __slots__ = ("members", "latency_ms", "solo_latency_ms", "slowdown", "device_type", "points", "solo_points", "device_name", "device_threads", "sequence_length", "measured_at", "experiment_id")
+    __slots__ = ("members", "latency_ms", "solo_latency_ms", "slowdown", "device_type", "points", "solo_points", "device_name", "device_threads", "sequence_length", "measured_at", "experiment_id", "static_features")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     SOLO_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class ColocationRow(_message.Message):
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATIC_FEATURES_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[ColocationMember]
     latency_ms: _containers.RepeatedScalarFieldContainer[float]
     solo_latency_ms: _containers.RepeatedScalarFieldContainer[float]
@@ -145,7 +146,8 @@ class ColocationRow(_message.Message):
     sequence_length: int
     measured_at: float
     experiment_id: str
-    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., solo_latency_ms: _Optional[_Iterable[float]] = ..., slowdown: _Optional[_Iterable[float]] = ..., device_type: _Optional[str] = ..., points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., solo_points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., device_name: _Optional[str] = ..., device_threads: _Optional[int] = ..., sequence_length: _Optional[int] = ..., measured_at: _Optional[float] = ..., experiment_id: _Optional[str] = ...) -> None: ...
+    static_features: _containers.RepeatedCompositeFieldContainer[StaticFeatures]
+    def __init__(self, members: _Optional[_Iterable[_Union[ColocationMember, _Mapping]]] = ..., latency_ms: _Optional[_Iterable[float]] = ..., solo_latency_ms: _Optional[_Iterable[float]] = ..., slowdown: _Optional[_Iterable[float]] = ..., device_type: _Optional[str] = ..., points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., solo_points: _Optional[_Iterable[_Union[ProfilePoint, _Mapping]]] = ..., device_name: _Optional[str] = ..., device_threads: _Optional[int] = ..., sequence_length: _Optional[int] = ..., measured_at: _Optional[float] = ..., experiment_id: _Optional[str] = ..., static_features: _Optional[_Iterable[_Union[StaticFeatures, _Mapping]]] = ...) -> None: ...
 
 class ProfileColocationRequest(_message.Message):
     __slots__ = ("members", "worker_id", "runs", "warmup", "sequence_length")

@@ -1,0 +1,1 @@
+"""The profiler service: measured latency tables, co-location rows, static graph features."""
