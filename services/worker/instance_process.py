@@ -186,9 +186,9 @@ class InstanceProcess:
         finally:
             self._batch = None
 
-    def retire(self) -> None:
-        """The instance moved to another process: an exit of this one is no longer news."""
-        self._on_exit = lambda reason: None
+    def set_on_exit(self, on_exit: Callable[[str], None]) -> None:
+        """Who hears of an unexpected exit from now on (a share change hands it over)."""
+        self._on_exit = on_exit
 
     async def finish_batch(self, timeout_s: float) -> None:
         """Wait (up to `timeout_s`) for the batch in flight, if any, to be answered."""

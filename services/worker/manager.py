@@ -207,7 +207,8 @@ class InstanceManager:
             self._check_share(spec.share or 1.0)
             start = time.monotonic()
             path = Path(self.settings.model_repository) / instance.layout.model.artifact_path
-            new = InstanceProcess(self._process_config(instance, path, spec), instance.fail)
+            config = self._process_config(instance, path, spec)
+            new = InstanceProcess(config, lambda reason: None)  # replace_process hands over
             await replace_process(
                 instance, old, new, self.settings.worker_load_timeout_s, STOP_TIMEOUT_S
             )

@@ -18,6 +18,10 @@ from services.worker.instance_process import InstanceLoadError, InstanceProcess
 STOP_TIMEOUT_S = 5.0
 
 
+def _ignore(reason: str) -> None:
+    pass
+
+
 async def replace_process(
     instance: Instance,
     old: InstanceProcess,
@@ -25,7 +29,11 @@ async def replace_process(
     load_timeout_s: float,
     drain_timeout_s: float,
 ) -> None:
-    """Make `new` serve `instance` in place of `old` (make before break)."""
+    """Make `new` serve `instance` in place of `old` (make before break).
+
+    `new` must be created with an exit callback that ignores exits: until the switch, its
+    death must not fail an instance that the old process still serves.
+    """
     try:
         await new.start(load_timeout_s)
     except InstanceLoadError as exc:  # start() already stopped the new process
@@ -39,6 +47,7 @@ async def replace_process(
         await new.close(0.0)
         raise
     instance.switch_runner(new)
-    old.retire()  # its exit no longer concerns the instance
+    new.set_on_exit(instance.fail)  # from now on its exit fails the instance
+    old.set_on_exit(_ignore)  # and the old one's no longer does
     await old.finish_batch(drain_timeout_s)
     await old.close(STOP_TIMEOUT_S)

@@ -230,3 +230,25 @@ def test_worker_refuses_to_start_without_its_device(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "device tensorrt:0 unavailable" in done.stderr
     assert "pip install 'deinfer[gpu]'" in done.stderr
+
+
+def test_a_new_process_that_dies_in_warm_up_leaves_the_old_one_serving(
+    repo: Path, tmp_path: Path, daemon: FakeMpsDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_GPU_DIE_AT_PERCENT", "20")
+
+    async def body() -> None:
+        manager = manager_for(repo, tmp_path)
+        try:
+            await manager.load(load_request(0.5))
+            _, _, pid = await served_by(manager)
+            code, message = await status_of(manager.load(load_request(0.2)))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "warm-up batch" in message and "exited with code 3" in message
+            state = manager.instances["i1"].queue_state()
+            assert state.state == common_pb2.INSTANCE_READY and state.share == 0.5
+            assert await served_by(manager) == (50, 0, pid)
+        finally:
+            await manager.close()
+
+    run(body)
