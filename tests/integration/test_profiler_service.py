@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from deinfer import profile_csv
+from deinfer import cli, profile_csv
 from deinfer._processes import spawn, stop_group, wait_healthy
 from deinfer.protos.v1 import common_pb2, profiler_pb2, profiler_pb2_grpc
 from services.common.onnx_graph import graph_features
@@ -296,3 +296,34 @@ def test_runs_zero_in_colocation_and_still_serving(
     # After every refusal the service still measures.
     ok = profiler_pb2.ProfileModelRequest(model="tiny_cnn", batch_sizes=[1], shares=[0.5], runs=1)
     assert list(profiler.stub(channel).ProfileModel(ok, timeout=60))[-1].fraction == 1.0
+
+
+def test_cli_profile_and_colocate_print_tables_and_write_csv(
+    profiler: Profiler, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rows.csv"
+    common = ["--profiler", profiler.address, "--runs", "3", "--warmup", "0", "--csv", str(out)]
+    assert cli.main(["profile", "tiny_cnn", "--batches", "1,2", "--shares", "0.5", *common]) == 0
+    printed = capsys.readouterr()
+    assert "100% profiled tiny_cnn/1: 2 points" in printed.err  # the progress bar's last line
+    table = printed.out.splitlines()
+    assert table[0].startswith("tiny_cnn version 1 on cpu")
+    assert [line.split()[:3] for line in table[2:4]] == [["1", "0.5", "1"], ["2", "0.5", "1"]]
+
+    members = ["colocate", "tiny_cnn:2", "tiny_bert:1:0.5", "--sequence-length", "8"]
+    assert cli.main(["profile", *members, *common]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["tiny_cnn/1", "tiny_bert/1"]
+
+    rows = profile_csv.read_rows(out)
+    assert [(r["kind"], r["model"]) for r in rows] == [
+        ("solo", "tiny_cnn"),
+        ("solo", "tiny_cnn"),
+        ("colocation", "tiny_cnn"),
+        ("colocation", "tiny_bert"),
+    ]
+
+
+def test_cli_reports_service_errors(profiler: Profiler, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["profile", "ghost", "--profiler", profiler.address, "--runs", "1"]) == 1
+    assert "NOT_FOUND: no model named 'ghost'" in capsys.readouterr().err
