@@ -1,4 +1,5 @@
-"""The whole system as local processes: Redis, the controller, N workers and the dispatcher.
+"""The whole system as local processes: Redis, the controller, the profiler, N workers and
+the dispatcher.
 
 Used by `deinfer up`, by the integration tests and by the benchmarks:
 
@@ -11,10 +12,12 @@ Layout of `state_dir`: `models/` (the model repository), `logs/<service>.log`, `
 no state across runs: the registry lives as long as the stack.
 
 Ports: with `base_port=None` every port is a free one; with `base_port=B` the dispatcher
-gets B (metrics B+1), the controller B+99 (B+100), worker i B+199+2i (B+200+2i), which for
-B=8001 is the documented default layout (8001, 8100, 8200, ...).
+gets B (metrics B+1), the controller B+99 (B+100), worker i B+199+2i (B+200+2i), the
+profiler B+299 (B+300), which for B=8001 is the documented default layout (8001, 8100, 8200,
+..., 8300).
 
-Children are stopped in reverse start order (dispatcher, workers, controller, Redis): SIGTERM,
+Children are stopped in reverse start order (dispatcher, workers, profiler, controller,
+Redis): SIGTERM,
 wait, then SIGKILL of the child's process group. On Linux they also die with this process,
 even when it is SIGKILLed (PR_SET_PDEATHSIG, see `deinfer._deathsig`); elsewhere a SIGKILLed
 parent leaves them running.
@@ -50,6 +53,8 @@ class Ports:
     controller_metrics: int
     workers: tuple[tuple[int, int], ...]  # (gRPC, metrics) per worker
     redis: int
+    profiler: int
+    profiler_metrics: int
 
     def all(self) -> list[int]:
         worker_ports = [p for pair in self.workers for p in pair]
@@ -60,6 +65,8 @@ class Ports:
             self.controller_metrics,
             *worker_ports,
             self.redis,
+            self.profiler,
+            self.profiler_metrics,
         ]
 
 
@@ -76,7 +83,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def port_layout(base_port: int | None, workers: int, redis_port: int | None = None) -> Ports:
-    free = iter(free_ports(5 + 2 * workers))
+    free = iter(free_ports(7 + 2 * workers))
     redis = redis_port if redis_port is not None else next(free)
     if base_port is None:
         return Ports(
@@ -86,6 +93,8 @@ def port_layout(base_port: int | None, workers: int, redis_port: int | None = No
             controller_metrics=next(free),
             workers=tuple((next(free), next(free)) for _ in range(workers)),
             redis=redis,
+            profiler=next(free),
+            profiler_metrics=next(free),
         )
     b = base_port
     return Ports(
@@ -95,6 +104,8 @@ def port_layout(base_port: int | None, workers: int, redis_port: int | None = No
         controller_metrics=b + 100,
         workers=tuple((b + 199 + 2 * i, b + 200 + 2 * i) for i in range(workers)),
         redis=redis,
+        profiler=b + 299,
+        profiler_metrics=b + 300,
     )
 
 
@@ -163,6 +174,7 @@ class LocalStack:
         connect_host = LOOPBACK if host in ("0.0.0.0", "::", "") else host
         self.url = f"{connect_host}:{self.ports.dispatcher}"
         self.controller_url = f"{LOOPBACK}:{self.ports.controller}"
+        self.profiler_url = f"{LOOPBACK}:{self.ports.profiler}"
         # Keyed by process name (the key of `processes`); the worker id happens to be the same.
         names = [f"worker-{i}" for i in range(workers)]
         self.worker_ids: dict[str, str] = {name: name for name in names}
@@ -173,6 +185,7 @@ class LocalStack:
         self.metrics_urls = {
             "dispatcher": f"http://{connect_host}:{self.ports.dispatcher_metrics}/metrics",
             "controller": f"http://{LOOPBACK}:{self.ports.controller_metrics}/metrics",
+            "profiler": f"http://{LOOPBACK}:{self.ports.profiler_metrics}/metrics",
             **{
                 wid: f"http://{LOOPBACK}:{metrics}/metrics"
                 for wid, (_, metrics) in zip(names, self.ports.workers, strict=True)
@@ -225,6 +238,8 @@ class LocalStack:
         controller_argv = _module("services.controller")
         controller = self._spawn("controller", controller_argv, self._controller_env())
         self._wait_healthy(controller, self.controller_url)
+        profiler = self._spawn("profiler", _module("services.profiler"), self._profiler_env())
+        self._wait_healthy(profiler, self.profiler_url)
         stage = self._new_stage()  # workers start together, then are checked one by one
         for i, name in enumerate(self.worker_ids):
             self._spawn(name, self.worker_command, self._worker_env(i), stage)
@@ -300,6 +315,14 @@ class LocalStack:
             controller_metrics_port=self.ports.controller_metrics,
             # One instance per worker at most: with fewer workers, fewer replicas.
             controller_replicas=min(2, self.workers),
+        )
+
+    def _profiler_env(self) -> dict[str, str]:
+        return self._env(
+            profiler_host=LOOPBACK,
+            profiler_port=self.ports.profiler,
+            profiler_metrics_port=self.ports.profiler_metrics,
+            profiler_export_dir=self.state_dir / "profiles",
         )
 
     def _worker_env(self, index: int) -> dict[str, str]:
@@ -387,6 +410,7 @@ class LocalStack:
             f"DeInfer is up: {self.workers} worker(s), state in {self.state_dir}",
             f"  inference (gRPC, Triton-compatible): {self.url}",
             f"  controller (gRPC):                   {self.controller_url}",
+            f"  profiler (gRPC):                     {self.profiler_url}",
             f"  redis:                               {self.redis_url}",
             "  metrics:",
             *(f"    {name:<12} {url}" for name, url in self.metrics_urls.items()),

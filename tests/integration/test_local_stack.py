@@ -160,8 +160,8 @@ def test_cli_lists_models_and_status(examples_stack: LocalStack) -> None:
 
 def test_stop_leaves_no_process(examples_stack: LocalStack) -> None:
     tree = descendants(p.pid for p in examples_stack.processes.values())
-    # Redis, controller, 2 workers, dispatcher, and the workers' instance processes.
-    assert len(tree) > len(examples_stack.processes) == 5
+    # Redis, controller, profiler, 2 workers, dispatcher, and the workers' instance processes.
+    assert len(tree) > len(examples_stack.processes) == 6
     examples_stack.stop()
     assert not wait_all_gone(tree, 1.0), describe(tree)
     assert all(p.returncode is not None for p in examples_stack.processes.values())

@@ -327,3 +327,24 @@ def test_cli_profile_and_colocate_print_tables_and_write_csv(
 def test_cli_reports_service_errors(profiler: Profiler, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["profile", "ghost", "--profiler", profiler.address, "--runs", "1"]) == 1
     assert "NOT_FOUND: no model named 'ghost'" in capsys.readouterr().err
+
+
+def test_local_stack_profiler_reads_the_controllers_registry(tmp_path: Path, zoo_dir: Path) -> None:
+    """`deinfer up`'s stack runs the profiler; it finds what the real controller registered."""
+    from deinfer.profiler_client import ProfilerClient
+    from tests.integration.conftest import start_stack
+
+    stack = start_stack(tmp_path, zoo_dir, ["tiny_cnn"], workers=1)
+    try:
+        assert f"profiler (gRPC):                     {stack.profiler_url}" in stack.describe()
+        with ProfilerClient(stack.profiler_url, timeout=120) as client:
+            stream = client.profile_model(
+                "tiny_cnn", batch_sizes=[1], shares=[1.0], runs=2, warmup=0, worker_id="worker-0"
+            )
+            profile = list(stream)[-1].profile
+        # The worker shares the host's cores among the stack's workers: share 1.0 = its threads.
+        assert profile.device_threads >= 1 and profile.points[0].runs == 2
+        exported = profile_csv.read_rows(tmp_path / "profiles" / "cpu" / "profiles.csv")
+        assert [(r["model"], r["batch"]) for r in exported] == [("tiny_cnn", "1")]
+    finally:
+        stack.stop()

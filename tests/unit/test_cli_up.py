@@ -22,12 +22,13 @@ def test_fixed_layout_matches_the_documented_defaults() -> None:
     assert (ports.dispatcher, ports.dispatcher_metrics) == (8001, 8002)
     assert (ports.controller, ports.controller_metrics) == (8100, 8101)
     assert ports.workers == ((8200, 8201), (8202, 8203))
+    assert (ports.profiler, ports.profiler_metrics) == (8300, 8301)
     assert ports.redis == 6400
 
 
 def test_free_layout_has_distinct_ports() -> None:
     ports = port_layout(None, workers=3)
-    assert len(set(ports.all())) == len(ports.all()) == 11
+    assert len(set(ports.all())) == len(ports.all()) == 13
 
 
 def test_redis_from_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +69,7 @@ def test_service_environments_match_their_settings(
     controller_settings = pytest.importorskip("services.controller.settings")
     worker_settings = pytest.importorskip("services.worker.settings")
     dispatcher_settings = pytest.importorskip("services.dispatcher.settings")
+    profiler_settings = pytest.importorskip("services.profiler.settings")
     stack = LocalStack(workers=2, state_dir=tmp_path, env_overrides={"DEINFER_LOG_LEVEL": "DEBUG"})
 
     controller = _settings_from(
@@ -92,6 +94,14 @@ def test_service_environments_match_their_settings(
     assert dispatcher.dispatcher_port == stack.ports.dispatcher
     assert dispatcher.dispatcher_metrics_port == stack.ports.dispatcher_metrics
     assert dispatcher.dispatcher_controller_address == stack.controller_url
+
+    profiler = _settings_from(
+        stack._profiler_env(), profiler_settings.ProfilerSettings, monkeypatch
+    )
+    assert f"127.0.0.1:{profiler.profiler_port}" == stack.profiler_url
+    assert profiler.profiler_metrics_port == stack.ports.profiler_metrics
+    assert profiler.profiler_export_dir == str(tmp_path / "profiles")
+    assert profiler.model_repository == str(tmp_path / "models")
 
 
 def test_busy_fixed_port_fails_before_starting_anything(tmp_path: Path) -> None:
