@@ -1,5 +1,7 @@
 """Work-conserving dynamic batching (docs/internals.md, request path point 4).
 
+The start-time rule itself lives in services/common/batching.py (the simulator uses it too).
+
 When the executor is free the batcher takes the oldest request and every later one with the
 same signature, up to `max_rows` rows. With `max_delay_s` > 0 an unfilled batch waits for
 more requests, at most until `max_delay_s` after the oldest one arrived, and never so long
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from services.common.batching import batch_start_time
 from services.worker.queue import QueuedRequest, RequestQueue, elements_per_row
 
 T = TypeVar("T")
@@ -52,10 +55,14 @@ def next_batch(
             chosen.append(request)
             rows += request.rows
     if rows < max_rows and max_delay_s > 0:
-        latest_start = min(r.deadline for r in chosen) - queue.estimator.estimate(
-            max_rows * elements_per_row(head.signature)
+        until = batch_start_time(
+            head_arrival=head.arrival,
+            rows=rows,
+            max_rows=max_rows,
+            max_delay_s=max_delay_s,
+            tightest_deadline=min(r.deadline for r in chosen),
+            full_batch_s=queue.estimator.estimate(max_rows * elements_per_row(head.signature)),
         )
-        until = min(head.arrival + max_delay_s, latest_start)
         if now < until:
             return Wait(until)
     queue.take(chosen)

@@ -1,0 +1,174 @@
+"""Candidate configurations (batch, share, max delay) per model, scored by the queueing model.
+
+For each model and replica count, every (batch, share) on the grid gets its predicted solo
+batch latencies (from the predictor) and, from the queueing model, the largest interference
+slowdown it tolerates while its p99 stays within the SLO. Placement then only has to compare
+predicted slowdowns with these tolerances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from services.controller.planning.predictor import LatencyPredictor, LatencyQuery, Placement
+from services.controller.planning.profiles import FloatArray, ProfileSet
+from services.controller.planning.queueing import batched_latency
+from services.controller.planning.types import ModelDemand
+
+SHARES = tuple(round(0.05 * k, 2) for k in range(2, 21))  # 10 % .. 100 %
+BATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
+SHARES_PER_BATCH = 8  # the cheapest admissible shares kept per batch (raising needs a few)
+FILL_QUANTILE = 0.9  # the max delay lets 90 % of batches fill ...
+DELAY_SLO_FRACTION = 0.25  # ... but never exceeds this fraction of the SLO
+
+
+@dataclass(frozen=True)
+class Candidate:
+    batch: int
+    share: float
+    max_delay_s: float
+    solo_one_s: float  # mean solo latency of a batch of 1 at this share
+    solo_full_s: float  # ... of a full batch
+    tolerance: float  # largest slowdown that keeps p99 <= SLO
+    p99_s: float  # solo p99
+    memory_mb: float
+
+    def placement(self, profile: str) -> Placement:
+        return Placement(profile, self.batch, self.share)
+
+
+def batch_grid(measured: Sequence[int]) -> list[int]:
+    return [b for b in BATCHES if b in measured] or [min(measured)]
+
+
+def solo_latencies(
+    predictor: LatencyPredictor, profile: str, batches: Sequence[int]
+) -> dict[tuple[int, float], float]:
+    """Solo latency (s) of every (batch, share) on the grid, batch 1 included."""
+    keys = [(b, s) for b in sorted({1, *batches}) for s in SHARES]
+    values = predictor.predict([LatencyQuery(Placement(profile, b, s)) for b, s in keys])
+    return {k: v / 1e3 for k, v in zip(keys, values, strict=True)}
+
+
+def max_delay(rate: FloatArray, batch: FloatArray, slo_s: FloatArray) -> FloatArray:
+    """Max delay: time for the batch to fill (FILL_QUANTILE), at most a fraction of the SLO."""
+    fill = np.where(
+        batch > 1,
+        special.gammaincinv(np.maximum(batch - 1, 1), FILL_QUANTILE) / np.maximum(rate, 1e-9),
+        0.0,
+    )
+    return np.asarray(np.minimum(fill, DELAY_SLO_FRACTION * slo_s))
+
+
+def candidates_for(
+    demands: Sequence[ModelDemand],
+    instance_rates: Sequence[float],
+    profiles: ProfileSet,
+    solo: dict[str, dict[tuple[int, float], float]],
+    safety: float = 0.0,
+    shares: Sequence[float] = SHARES,
+) -> list[list[Candidate]]:
+    """Feasible candidates of each demand for one instance carrying its instance rate: per
+    share, the one tolerating most interference; cheapest share first (one vectorised
+    evaluation for all demands).
+
+    `solo`: per profile key, solo_latencies(); `safety`: fraction of the SLO kept free.
+    """
+    owners, batches, share_parts, s1s, sbs, rates, slos, cvs = [], [], [], [], [], [], [], []
+    by_profile: dict[str, list[int]] = {}
+    for k, demand in enumerate(demands):
+        by_profile.setdefault(demand.profile_key, []).append(k)
+    for key, members in by_profile.items():
+        profile = profiles[key]
+        table = solo[key]
+        grid = [(b, s) for b in batch_grid(profile.batches) for s in shares]
+        gb = np.array([g[0] for g in grid], dtype=float)
+        gs = np.array([g[1] for g in grid])
+        g1 = np.array([table[(1, g[1])] for g in grid])
+        gf = np.array([table[g] for g in grid])
+        idx = np.array(members)
+        rate = np.array([instance_rates[k] for k in members])[:, None]
+        slo = np.array([demands[k].slo_ms / 1e3 * (1 - safety) for k in members])[:, None]
+        # Cheap pruning: a full batch must fit the SLO and the rate must be carried; then
+        # only the SHARES_PER_BATCH cheapest shares of each batch (grid is share-minor).
+        ok = (gf[None, :] <= slo) & (rate * gf[None, :] / gb[None, :] < 0.95)
+        per_batch = ok.reshape(len(members), -1, len(shares))
+        rank = np.cumsum(per_batch, axis=2)
+        ok = (per_batch & (rank <= SHARES_PER_BATCH)).reshape(len(members), -1)
+        rows, cols = np.nonzero(ok)
+        owners.append(idx[rows])
+        batches.append(gb[cols])
+        share_parts.append(gs[cols])
+        s1s.append(g1[cols])
+        sbs.append(gf[cols])
+        rates.append(rate[rows, 0])
+        slos.append(slo[rows, 0])
+        cvs.append(np.full(len(rows), profile.cv))
+    out: list[list[Candidate]] = [[] for _ in demands]
+    if not owners or not sum(len(o) for o in owners):
+        return out
+    owner = np.concatenate(owners)
+    b, share = np.concatenate(batches), np.concatenate(share_parts)
+    s1, sb = np.concatenate(s1s), np.concatenate(sbs)
+    rate_a, slo_a, cv_a = np.concatenate(rates), np.concatenate(slos), np.concatenate(cvs)
+    delay = max_delay(rate_a, b, slo_a)
+    tolerance, solo_p99 = tolerances(rate_a, b, delay, s1, sb, cv_a, slo_a)
+    keep = np.flatnonzero(tolerance >= 0)
+    order = keep[np.lexsort((-tolerance[keep], share[keep], owner[keep]))]
+    for i in order.tolist():
+        k = int(owner[i])
+        if out[k] and out[k][-1].share == share[i]:
+            continue  # one option per share: the one tolerating most interference
+        out[k].append(
+            Candidate(
+                batch=int(b[i]),
+                share=float(share[i]),
+                max_delay_s=float(delay[i]),
+                solo_one_s=float(s1[i]),
+                solo_full_s=float(sb[i]),
+                tolerance=float(tolerance[i]),
+                p99_s=float(solo_p99[i]),
+                memory_mb=profiles[demands[k].profile_key].memory_mb(int(b[i])),
+            )
+        )
+    return out
+
+
+# Tolerances are read off the chord of p99(x) between x = 0 and x = TOP_SLOWDOWN. p99 is
+# convex in the slowdown x (queueing grows like 1 / (1 - rho)), so the chord lies above it
+# and the tolerance is on the safe side.
+TOP_SLOWDOWN = 0.4
+
+
+def tolerances(
+    rate: FloatArray,
+    batch: FloatArray,
+    delay: FloatArray,
+    s1: FloatArray,
+    sb: FloatArray,
+    cv: FloatArray,
+    slo_s: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """(largest slowdown keeping p99 <= slo_s, or -1 if even none does; solo p99)."""
+    base = batched_latency(rate, batch, delay, s1, sb, cv).p99
+    tol = np.where(base <= slo_s, 0.0, -1.0)
+    todo = np.flatnonzero(base <= slo_s)
+    x = TOP_SLOWDOWN
+    for _ in range(4):  # halve the top where it overloads the instance (p99 infinite)
+        if not len(todo):
+            break
+        i = todo
+        top = batched_latency(
+            rate[i], batch[i], delay[i], s1[i] * (1 + x), sb[i] * (1 + x), cv[i]
+        ).p99
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chord = x * (slo_s[i] - base[i]) / (top - base[i])
+        finite = np.isfinite(top)
+        tol[i[finite]] = np.where(top[finite] <= slo_s[i[finite]], x, np.clip(chord[finite], 0, x))
+        todo = i[~finite]
+        x /= 2
+    return tol, base

@@ -1,0 +1,159 @@
+"""DeInfer's allocation: tail-latency queueing check, interference-aware packing, replication.
+
+1. Candidates per model (candidates.py): every (batch, share) whose p99 under the queueing
+   model meets the SLO at the model's rate (plus headroom), each with the slowdown it
+   tolerates. A model no single instance can carry is split over the fewest replicas that
+   can.
+2. Placement, largest share first: onto the fullest open GPU where every resident (the
+   newcomer included) still meets its SLO with the predicted interference, raising shares
+   where that is enough; else onto a new GPU. GPU memory is respected throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.controller.planning.candidates import (
+    SHARES,
+    Candidate,
+    batch_grid,
+    candidates_for,
+    solo_latencies,
+)
+from services.controller.planning.placement import Gpu, Resident, try_colocate
+from services.controller.planning.predictor import LatencyPredictor
+from services.controller.planning.profiles import ProfileSet
+from services.controller.planning.queueing import batched_latency
+from services.controller.planning.types import Device, ModelDemand, Plan, PlannedInstance
+
+MAX_REPLICAS = 256
+
+
+def solo_tables(
+    models: Sequence[ModelDemand], profiles: ProfileSet, predictor: LatencyPredictor
+) -> dict[str, dict[tuple[int, float], float]]:
+    keys = sorted({m.profile_key for m in models})
+    return {k: solo_latencies(predictor, k, batch_grid(profiles[k].batches)) for k in keys}
+
+
+def replicated_candidates(
+    models: Sequence[ModelDemand],
+    rates: Mapping[str, float],
+    profiles: ProfileSet,
+    solo: dict[str, dict[tuple[int, float], float]],
+    headroom: float,
+    safety: float,
+    shares: Sequence[float] = SHARES,
+) -> tuple[dict[str, tuple[int, list[Candidate]]], dict[str, str]]:
+    """Per model: (replicas, candidates for one replica), fewest replicas first."""
+    result: dict[str, tuple[int, list[Candidate]]] = {}
+    failed: dict[str, str] = {}
+    pending: dict[str, int] = {}
+    for m in models:
+        rate = max(rates.get(m.name, 0.0), 0.0) * (1 + headroom)
+        table = solo[m.profile_key]
+        # The most one instance could carry: full share, best batch, 100 % busy.
+        capacity = max(b / table[(b, 1.0)] for b in batch_grid(profiles[m.profile_key].batches))
+        pending[m.name] = max(1, math.ceil(rate / capacity))
+    by_name = {m.name: m for m in models}
+    while pending:
+        names = sorted(pending)
+        demands = [by_name[n] for n in names]
+        rate_each = [max(rates.get(n, 0.0), 1e-6) * (1 + headroom) / pending[n] for n in names]
+        found = candidates_for(demands, rate_each, profiles, solo, safety, shares)
+        for name, cands in zip(names, found, strict=True):
+            k = pending.pop(name)
+            if cands:
+                result[name] = (k, cands)
+            elif k >= MAX_REPLICAS or rates.get(name, 0.0) <= 0:
+                failed[name] = "no (batch, share) meets the SLO even on a whole GPU"
+            else:
+                pending[name] = k + max(1, k // 4)
+    return result, failed
+
+
+def pack(
+    residents: list[Resident],
+    devices: Sequence[Device],
+    predictor: LatencyPredictor,
+    max_tries: int = 8,
+) -> tuple[list[Gpu], dict[str, str]]:
+    """First-fit decreasing with interference checks; returns the used GPUs and misfits."""
+    residents = sorted(residents, key=lambda r: (-r.candidate.share, r.demand.name))
+    free = list(devices)
+    gpus: list[Gpu] = []
+    unplaced: dict[str, str] = {}
+    for r in residents:
+        need = r.candidate
+        # Fullest first (tight packing), then the emptiest few (most room to raise shares).
+        open_gpus = sorted((g for g in gpus if g.fits(need)), key=lambda g: -g.share)
+        tries = open_gpus[:max_tries] + open_gpus[max_tries:][-max_tries // 2 :]
+        if any(try_colocate(g, r, predictor) for g in tries):
+            continue
+        fresh = next((d for d in free if need.memory_mb <= d.memory_mb), None)
+        if fresh is None:
+            unplaced[r.demand.name] = "no device left with enough memory"
+            continue
+        free.remove(fresh)
+        gpus.append(Gpu(fresh, [r]))
+    return gpus, unplaced
+
+
+def to_plan(name: str, gpus: list[Gpu], unplaced: dict[str, str]) -> Plan:
+    plan = Plan(policy=name, unplaced=dict(unplaced))
+    residents = [(g, r) for g in gpus for r in g.residents]
+    if residents:
+        p99 = batched_latency(
+            [r.rate for _, r in residents],
+            [r.candidate.batch for _, r in residents],
+            [r.candidate.max_delay_s for _, r in residents],
+            [r.candidate.solo_one_s * (1 + r.slowdown) for _, r in residents],
+            [r.candidate.solo_full_s * (1 + r.slowdown) for _, r in residents],
+            [0.0 for _ in residents],
+        ).p99
+    for (g, r), p in zip(residents, p99 if residents else [], strict=True):
+        c = r.candidate
+        plan.instances.append(
+            PlannedInstance(
+                model=r.demand.name,
+                device_id=g.device.device_id,
+                batch=c.batch,
+                share=c.share,
+                max_delay_ms=c.max_delay_s * 1e3,
+                rate=r.rate,
+                predicted_p99_ms=float(p) * 1e3,
+                profile=r.demand.profile_key,
+            )
+        )
+    return plan
+
+
+@dataclass
+class DeinferPolicy:
+    name: str = "deinfer"
+    headroom: float = 0.1  # plan for 10 % more than the reported rate (estimation noise)
+    safety: float = 0.05  # keep 5 % of the SLO free (model error)
+    max_tries: int = 8
+
+    def plan(
+        self,
+        models: Sequence[ModelDemand],
+        rates: Mapping[str, float],
+        profiles: ProfileSet,
+        predictor: LatencyPredictor,
+        devices: Sequence[Device],
+    ) -> Plan:
+        solo = solo_tables(models, profiles, predictor)
+        chosen, failed = replicated_candidates(
+            models, rates, profiles, solo, self.headroom, self.safety
+        )
+        residents = [
+            Resident(m, rates.get(m.name, 0.0) / chosen[m.name][0], chosen[m.name][1])
+            for m in models
+            if m.name in chosen
+            for _ in range(chosen[m.name][0])
+        ]
+        gpus, unplaced = pack(residents, devices, predictor, self.max_tries)
+        return to_plan(self.name, gpus, {**failed, **unplaced})

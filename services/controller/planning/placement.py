@@ -1,0 +1,117 @@
+"""GPU bookkeeping shared by the policies: residents, shares, memory, interference checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from services.controller.planning.candidates import Candidate
+from services.controller.planning.predictor import LatencyPredictor, LatencyQuery, Placement
+from services.controller.planning.types import Device, ModelDemand
+
+SHARE_EPS = 1e-9
+
+
+@dataclass
+class Resident:
+    """One instance placed (or to be placed) on a GPU, with its ordered options."""
+
+    demand: ModelDemand
+    rate: float
+    options: list[Candidate]
+    choice: int = 0
+    slowdown: float = 0.0  # predicted with its current co-runners
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.options[self.choice]
+
+    def placement(self, choice: int | None = None) -> Placement:
+        c = self.options[self.choice if choice is None else choice]
+        return Placement(self.demand.profile_key, c.batch, c.share)
+
+
+@dataclass
+class Gpu:
+    device: Device
+    residents: list[Resident] = field(default_factory=list)
+    # Totals kept up to date by add() / refresh(): placement reads them thousands of times.
+    share: float = 0.0
+    memory_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.share = sum(r.candidate.share for r in self.residents)
+        self.memory_mb = sum(r.candidate.memory_mb for r in self.residents)
+
+    def fits(self, candidate: Candidate) -> bool:
+        return (
+            self.share + candidate.share <= 1.0 + SHARE_EPS
+            and self.memory_mb + candidate.memory_mb <= self.device.memory_mb
+        )
+
+
+def predicted_slowdowns(
+    predictor: LatencyPredictor, placements: Sequence[Placement], solo_full_s: Sequence[float]
+) -> list[float]:
+    """Slowdown of each placement's full batch next to all the others (one predictor call)."""
+    queries = [
+        LatencyQuery(p, tuple(placements[:i]) + tuple(placements[i + 1 :]))
+        for i, p in enumerate(placements)
+    ]
+    latencies = predictor.predict(queries)
+    return [lat / 1e3 / solo - 1.0 for lat, solo in zip(latencies, solo_full_s, strict=True)]
+
+
+def try_colocate(
+    gpu: Gpu, newcomer: Resident, predictor: LatencyPredictor, raise_rounds: int = 3
+) -> bool:
+    """Add `newcomer` to `gpu` if every resident then still meets its SLO.
+
+    A resident whose predicted slowdown exceeds its tolerance is moved to its next option
+    with more share (raise a share) while the GPU has room; commits only on success.
+    """
+    group = [*gpu.residents, newcomer]
+    choices = [r.choice for r in group]
+    for _ in range(raise_rounds + 1):
+        if sum(r.options[c].share for r, c in zip(group, choices, strict=True)) > 1 + SHARE_EPS:
+            return False
+        if (
+            sum(r.options[c].memory_mb for r, c in zip(group, choices, strict=True))
+            > gpu.device.memory_mb
+        ):
+            return False
+        placements = [r.placement(c) for r, c in zip(group, choices, strict=True)]
+        slowdowns = predicted_slowdowns(
+            predictor,
+            placements,
+            [r.options[c].solo_full_s for r, c in zip(group, choices, strict=True)],
+        )
+        failing = [
+            i
+            for i, (r, c) in enumerate(zip(group, choices, strict=True))
+            if slowdowns[i] > r.options[c].tolerance
+        ]
+        if not failing:
+            for r, c, x in zip(group, choices, slowdowns, strict=True):
+                r.choice, r.slowdown = c, x
+            gpu.residents.append(newcomer)
+            gpu.refresh()
+            return True
+        for i in failing:
+            r, c = group[i], choices[i]
+            better = next(
+                (
+                    j
+                    for j in range(c + 1, len(r.options))
+                    if r.options[j].share > r.options[c].share
+                    and r.options[j].tolerance >= slowdowns[i]
+                ),
+                None,
+            )
+            if better is None:
+                return False
+            choices[i] = better
+    return False
