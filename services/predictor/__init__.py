@@ -1,0 +1,1 @@
+"""Latency and interference prediction: data sets, features, backends, splits, metrics."""

@@ -1,0 +1,69 @@
+"""Log-linear contention models with a handful of physically motivated terms.
+
+iGniter's form on the V100 pairs (its own prediction from `config` and solo profiles,
+recalibrated), an L2/DRAM/SM pressure model on DeInfer's ratios, and a time-slice/SM scaling
+law from the profile anchors on RaPP. Few coefficients, so they transfer to unseen models.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from services.predictor import features
+from services.predictor.backends.base import LogRatioBackend, Regressor
+from services.predictor.datasets.base import (
+    DEINFER_RTX3080,
+    IGNITER_V100,
+    FloatArray,
+    Queries,
+)
+
+TERMS = {
+    DEINFER_RTX3080: (
+        "b_l2_pressure",
+        "b_dram_pressure",
+        "b_sm_pressure",
+        "ab_l2",
+        "ab_dram",
+        "b_copies",
+        "a_share",
+        "b_share",
+        "b_log_rate",
+    ),
+    IGNITER_V100: ("igniter_log_ratio", "co_l2", "co_dram", "l2_x_co_l2", "dram_x_co_dram"),
+}
+
+
+def rapp_terms(q: Queries) -> dict[str, FloatArray]:
+    f = features.rapp_features(q)
+    return {
+        "log_batch": f["log_batch"],
+        "inv_sm": f["inv_sm"],
+        "inv_quota": f["inv_quota"],
+        "inv_sm_quota": f["inv_sm"] * f["inv_quota"],
+        "log_batch_inv_sm": f["log_batch"] * f["inv_sm"],
+        "slice_ratio_inv_quota": np.nan_to_num(f["ratio_anchor_b4_sm100_q20"]) * f["inv_quota"],
+        "small_sm_ratio_inv_sm": np.nan_to_num(f["ratio_anchor_b8_sm10_q100"]) * f["inv_sm"],
+        "batch1_ratio_log_batch": np.nan_to_num(f["ratio_anchor_b1_sm100_q100"]) * f["log_batch"],
+    }
+
+
+class AnalyticalBackend(LogRatioBackend):
+    name: ClassVar[str] = "analytical"
+
+    def make_regressor(self, dataset: str) -> Regressor:
+        return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+
+    def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
+        if queries.dataset in TERMS:
+            columns = features.FEATURES[queries.dataset](queries)
+            names = tuple(t for t in TERMS[queries.dataset] if t in columns)
+        else:
+            columns = rapp_terms(queries)
+            names = tuple(columns)
+        return names, np.column_stack([columns[n] for n in names])

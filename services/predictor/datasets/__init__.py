@@ -1,0 +1,43 @@
+"""Loaders for the three public profiling data sets (layout of ../shared/data/NAME)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from services.predictor.datasets import deinfer_rtx3080, igniter_v100, rapp_v100
+from services.predictor.datasets.base import (
+    DATASETS,
+    DEINFER_RTX3080,
+    IGNITER_V100,
+    RAPP_V100,
+    DatasetError,
+    Queries,
+    Samples,
+)
+
+LOADERS: dict[str, Callable[[Path], Samples]] = {
+    DEINFER_RTX3080: deinfer_rtx3080.load,
+    IGNITER_V100: igniter_v100.load,
+    RAPP_V100: rapp_v100.load,
+}
+
+
+def load(dataset: str, folder: Path) -> Samples:
+    if dataset not in LOADERS:
+        raise DatasetError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    return LOADERS[dataset](folder)
+
+
+__all__ = [
+    "DATASETS",
+    "DEINFER_RTX3080",
+    "IGNITER_V100",
+    "RAPP_V100",
+    "DatasetError",
+    "Queries",
+    "Samples",
+    "load",
+]
