@@ -74,7 +74,11 @@ async def serve(settings: DispatcherSettings) -> None:
         return catalog.snapshot.routes_of(name, version)
 
     controller = ControllerClient(settings.dispatcher_controller_address, options)
-    rates = RateTracker()
+    rates = RateTracker(
+        settings.dispatcher_cusum_threshold,
+        settings.dispatcher_cusum_slack,
+        settings.dispatcher_rate_history,
+    )
     servicer = InferenceServicer(
         server_name=settings.dispatcher_server_name,
         catalog=catalog,

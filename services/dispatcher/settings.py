@@ -45,3 +45,12 @@ class DispatcherSettings(CommonSettings):
         ge=0,
         description="report arrival rates to the controller this often (0: never)",
     )
+    dispatcher_cusum_threshold: float = Field(
+        default=9.0, gt=0, description="rate-change CUSUM alarm level (standard deviations)"
+    )
+    dispatcher_cusum_slack: float = Field(
+        default=0.5, ge=0, description="rate-change CUSUM slack per window (standard deviations)"
+    )
+    dispatcher_rate_history: int = Field(
+        default=30, ge=1, description="report windows averaged into a rate between alarms"
+    )
