@@ -18,7 +18,7 @@ BACKENDS: dict[str, type[Backend]] = {
 # and held-out models; bench/predictor.py, recorded in docs/benchmarks.md).
 DEFAULT_BACKEND = {
     DEINFER_RTX3080: ForestBackend.name,
-    IGNITER_V100: ForestBackend.name,
+    IGNITER_V100: AnalyticalBackend.name,
     RAPP_V100: ForestBackend.name,
 }
 

@@ -35,8 +35,12 @@ TERMS = {
         "b_share",
         "b_log_rate",
     ),
-    IGNITER_V100: ("igniter_log_ratio", "co_l2", "co_dram", "l2_x_co_l2", "dram_x_co_dram"),
+    # iGniter's own prediction, recalibrated: its L2-contention term already carries the
+    # co-runner; extra L2/DRAM terms overfit the few training pairs (grouped CV).
+    IGNITER_V100: ("igniter_log_ratio",),
 }
+# Without iGniter's `config` file: a linear L2/DRAM contention model of both models.
+IGNITER_WITHOUT_CONFIG = ("co_l2", "co_dram", "l2_x_co_l2", "dram_x_co_dram")
 
 
 def rapp_terms(q: Queries) -> dict[str, FloatArray]:
@@ -63,6 +67,8 @@ class AnalyticalBackend(LogRatioBackend):
         if queries.dataset in TERMS:
             columns = features.FEATURES[queries.dataset](queries)
             names = tuple(t for t in TERMS[queries.dataset] if t in columns)
+            if not names:
+                names = IGNITER_WITHOUT_CONFIG
         else:
             columns = rapp_terms(queries)
             names = tuple(columns)
