@@ -5,16 +5,22 @@ the controller, then asks the profiler (gRPC, `deinfer.profiler_client`) for
 - solo tables: batches x shares for each model (share 0.5 / 1.0 = 1 / 2 of this machine's
   2 threads), N timed runs after warm-up per point;
 - co-location rows: pairs (and a triple) of models at several share splits and batches.
-Writes `solo.csv` and `colocation.csv` (one schema, `deinfer.profile_csv`) under `--out`
-and prints both tables.
+With `--repeats R` the whole plan is measured R times in passes (pass 2 starts after pass 1
+ends), so a change in the machine's background load spreads over all configurations instead
+of biasing some; every pass keeps its own rows. Writes `solo.csv` and `colocation.csv` (one
+schema, `deinfer.profile_csv`) and `host_load.csv` (the 1- and 5-minute load averages right
+after each experiment) under `--out`, and prints the tables.
 
     python bench/profile_cpu.py [--out data/cpu-profiles] [--runs 20] [--coloc-runs 10]
+        [--repeats 1]
         [--quick]   # tiny models and few runs: a smoke test of the whole pipeline
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import tempfile
 import time
@@ -132,6 +138,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per solo point")
     parser.add_argument("--coloc-runs", type=int, default=10, help="timed runs per member")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the whole plan")
     parser.add_argument("--quick", action="store_true", help="tiny models, a smoke test")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -150,23 +157,32 @@ def main() -> int:
                     client.set_model_loaded(name, False)
             time.sleep(3.0)  # let the worker unload what it had started to load
             profiles = []
+            rows = []
+            load: list[tuple[str, float, float]] = []
             with ProfilerClient(stack.profiler_url) as profiler:
-                for name in plan.solo_models:
-                    say(f"profiling {name}")
-                    stream = profiler.profile_model(
-                        name, "", plan.batches, SHARES, args.runs, args.warmup
-                    )
-                    profiles.append(last(stream).profile)
-                rows = []
-                for members in colocations(plan):
-                    say(f"co-locating {members}")
-                    stream = profiler.profile_colocation(members, args.coloc_runs, args.warmup)
-                    rows.append(last(stream).row)
+                for repeat in range(args.repeats):
+                    for name in plan.solo_models:
+                        say(f"pass {repeat + 1}/{args.repeats}: profiling {name}")
+                        stream = profiler.profile_model(
+                            name, "", plan.batches, SHARES, args.runs, args.warmup
+                        )
+                        profiles.append(last(stream).profile)
+                        solo_id = str(profile_csv.solo_rows(profiles[-1])[0]["experiment_id"])
+                        load.append((solo_id, *os.getloadavg()[:2]))
+                    for members in colocations(plan):
+                        say(f"pass {repeat + 1}/{args.repeats}: co-locating {members}")
+                        stream = profiler.profile_colocation(members, args.coloc_runs, args.warmup)
+                        rows.append(last(stream).row)
+                        load.append((rows[-1].experiment_id, *os.getloadavg()[:2]))
 
     solo = [r for p in profiles for r in profile_csv.solo_rows(p)]
     together = [r for row in rows for r in profile_csv.colocation_rows(row)]
     profile_csv.write_rows(args.out / "solo.csv", solo)
     profile_csv.write_rows(args.out / "colocation.csv", together)
+    with (args.out / "host_load.csv").open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["experiment_id", "load_1m", "load_5m"])
+        writer.writerows((e, f"{a:.2f}", f"{b:.2f}") for e, a, b in load)
     device = profiles[0]
     print(f"device: {device.device_type}, {device.device_name}, {device.device_threads} threads")
     print(f"solo profiles ({args.runs} timed runs after {args.warmup} warm-up per point)")
