@@ -50,8 +50,8 @@ class RateChangeDetector:
     # (count, seconds) of the windows the estimate averages: exactly 0 after `history`
     # silent windows, so an idle model reads as idle.
     _recent: deque[tuple[int, float]] = field(default_factory=deque)
-    _up: _Side | None = None
-    _down: _Side | None = None
+    _up: _Side = field(default_factory=_Side)
+    _down: _Side = field(default_factory=_Side)
 
     def update(self, count: int, window_s: float) -> bool:
         """Feed one window; True when the rate changed (the first window counts as one)."""
@@ -61,9 +61,7 @@ class RateChangeDetector:
         if self.rate is None:
             self.rate = observed
             self._recent.append((count, window_s))
-            self._up, self._down = _Side(), _Side()
             return True
-        assert self._up is not None and self._down is not None
         expected = self.rate * window_s
         z = (count - expected) / math.sqrt(max(expected, 1.0))
         self._up.add(z, count, window_s, self.slack)

@@ -102,6 +102,8 @@ class _IgniterTask:
 class IgniterPolicy:
     name: str = "igniter"
     max_tries: int = 8  # GPUs evaluated per model (the fullest that fit)
+    # Plan for slo_scale x the SLO: < 1 gives iGniter slack, to compare at equal SLO misses.
+    slo_scale: float = 1.0
 
     def plan(
         self,
@@ -115,7 +117,7 @@ class IgniterPolicy:
         unplaced: dict[str, str] = {}
         for m in models:
             rate = rates.get(m.name, 0.0)
-            half_s = m.slo_ms / 2e3
+            half_s = m.slo_ms * self.slo_scale / 2e3
             batch = max(1, math.ceil(rate * half_s))
             replicas = max(1, math.ceil(batch / MAX_BATCH))
             while replicas <= 256:
@@ -138,7 +140,7 @@ class IgniterPolicy:
             for i in [i for i in order if sum(x.share for x in gpus[i]) + t.share <= 1][
                 : self.max_tries
             ]:
-                raised = self._raise(predictor, [*gpus[i], t])
+                raised = self._raise(predictor, [*gpus[i], t], self.slo_scale)
                 if raised is not None and (best is None or sum(raised) < best[0]):
                     best = (sum(raised), i, raised)
             if best is not None:
@@ -162,7 +164,7 @@ class IgniterPolicy:
                     )[0]
                     / 1e3
                 )
-                delay = max(0.0, t.model.slo_ms / 2e3 - latency)
+                delay = max(0.0, t.model.slo_ms * self.slo_scale / 2e3 - latency)
                 cand = _simple_candidate(profiles, t.model, t.batch, t.share, latency, delay)
                 residents.append(Resident(t.model, t.rate, [cand]))
             out_gpus.append(Gpu(device, residents))
@@ -180,7 +182,9 @@ class IgniterPolicy:
         return None
 
     @staticmethod
-    def _raise(predictor: LatencyPredictor, group: list[_IgniterTask]) -> list[float] | None:
+    def _raise(
+        predictor: LatencyPredictor, group: list[_IgniterTask], slo_scale: float
+    ) -> list[float] | None:
         """Shares after raising each resident until its co-located latency <= SLO/2."""
         shares = [t.share for t in group]
         for _ in range(int(1 / IGNITER_STEP)):
@@ -199,7 +203,7 @@ class IgniterPolicy:
             late = [
                 i
                 for i, (t, ms) in enumerate(zip(group, lat, strict=True))
-                if ms / 1e3 > t.model.slo_ms / 2e3 or t.batch / (ms / 1e3) < t.rate
+                if ms / 1e3 > t.model.slo_ms * slo_scale / 2e3 or t.batch / (ms / 1e3) < t.rate
             ]
             if not late:
                 return shares

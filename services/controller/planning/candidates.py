@@ -19,11 +19,12 @@ from services.controller.planning.profiles import FloatArray, ProfileSet
 from services.controller.planning.queueing import batched_latency
 from services.controller.planning.types import ModelDemand
 
-SHARES = tuple(round(0.05 * k, 2) for k in range(2, 21))  # 10 % .. 100 %
+SHARES = tuple(round(0.025 * k, 3) for k in range(4, 41))  # 10 % .. 100 % in 2.5 % steps
 BATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
-SHARES_PER_BATCH = 8  # the cheapest admissible shares kept per batch (raising needs a few)
+SHARES_KEPT = 12  # cheapest admissible shares evaluated per model (raising walks them)
+BATCHES_KEPT = 3  # batches evaluated per share
 FILL_QUANTILE = 0.9  # the max delay lets 90 % of batches fill ...
-DELAY_SLO_FRACTION = 0.25  # ... but never exceeds this fraction of the SLO
+DELAY_SLO_FRACTION = 0.15  # ... but never exceeds this fraction of the SLO
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,23 @@ def candidates_for(
         idx = np.array(members)
         rate = np.array([instance_rates[k] for k in members])[:, None]
         slo = np.array([demands[k].slo_ms / 1e3 * (1 - safety) for k in members])[:, None]
-        # Cheap pruning: a full batch must fit the SLO and the rate must be carried; then
-        # only the SHARES_PER_BATCH cheapest shares of each batch (grid is share-minor).
-        ok = (gf[None, :] <= slo) & (rate * gf[None, :] / gb[None, :] < 0.95)
-        per_batch = ok.reshape(len(members), -1, len(shares))
-        rank = np.cumsum(per_batch, axis=2)
-        ok = (per_batch & (rank <= SHARES_PER_BATCH)).reshape(len(members), -1)
+        # Cheap screen, then the SHARES_KEPT cheapest shares left and at each the BATCHES_KEPT
+        # batches with the lowest rough p99: full-batch service plus half the larger of the
+        # fill time and an M/D/1 exponential-tail wait (thinned by the batch), well below
+        # the model's p99 so that the screen drops next to nothing feasible.
+        load = rate * gf[None, :] / gb[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fill = np.minimum(DELAY_SLO_FRACTION * slo, (gb[None, :] - 1) / rate)
+            tail = np.log(np.maximum(load, 0.01) / 0.01) / (2 * (1 - np.minimum(load, 0.99)))
+            rough = gf[None, :] + 0.5 * np.maximum(fill, gf * tail / gb[None, :])
+        ok = (rough <= slo) & (load < 0.95)
+        shape = (len(members), -1, len(shares))
+        ok3 = ok.reshape(shape)
+        score = np.where(ok3, rough.reshape(shape), np.inf)
+        best_batches = np.argsort(np.argsort(score, axis=1), axis=1) < BATCHES_KEPT
+        any_ok = ok3.any(axis=1)
+        cheap_shares = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
+        ok = (ok3 & best_batches & cheap_shares[:, None, :]).reshape(len(members), -1)
         rows, cols = np.nonzero(ok)
         owners.append(idx[rows])
         batches.append(gb[cols])
@@ -108,9 +120,8 @@ def candidates_for(
         rates.append(rate[rows, 0])
         slos.append(slo[rows, 0])
         cvs.append(np.full(len(rows), profile.cv))
-    out: list[list[Candidate]] = [[] for _ in demands]
     if not owners or not sum(len(o) for o in owners):
-        return out
+        return [[] for _ in demands]
     owner = np.concatenate(owners)
     b, share = np.concatenate(batches), np.concatenate(share_parts)
     s1, sb = np.concatenate(s1s), np.concatenate(sbs)
@@ -119,10 +130,12 @@ def candidates_for(
     tolerance, solo_p99 = tolerances(rate_a, b, delay, s1, sb, cv_a, slo_a)
     keep = np.flatnonzero(tolerance >= 0)
     order = keep[np.lexsort((-tolerance[keep], share[keep], owner[keep]))]
-    for i in order.tolist():
+    # One option per (model, share): the first in that order tolerates the most.
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (owner[order][1:] != owner[order][:-1]) | (share[order][1:] != share[order][:-1])
+    out: list[list[Candidate]] = [[] for _ in demands]
+    for i in order[first].tolist():
         k = int(owner[i])
-        if out[k] and out[k][-1].share == share[i]:
-            continue  # one option per share: the one tolerating most interference
         out[k].append(
             Candidate(
                 batch=int(b[i]),

@@ -133,8 +133,8 @@ def to_plan(name: str, gpus: list[Gpu], unplaced: dict[str, str]) -> Plan:
 @dataclass
 class DeinferPolicy:
     name: str = "deinfer"
-    headroom: float = 0.1  # plan for 10 % more than the reported rate (estimation noise)
-    safety: float = 0.05  # keep 5 % of the SLO free (model error)
+    headroom: float = 0.05  # plan for 5 % more than the reported rate (estimation noise)
+    safety: float = 0.0  # fraction of the SLO kept free (model error)
     max_tries: int = 8
 
     def plan(

@@ -89,7 +89,7 @@ class _Counters:
 
 # Fraction of residuals the interference fit is shifted to cover: the planner would rather
 # over-provision a little than under-predict (under-prediction is an SLO miss).
-COVERAGE = 0.9
+COVERAGE = 0.75
 
 
 class ProfilePredictor:
@@ -105,8 +105,9 @@ class ProfilePredictor:
         self.profiles = profiles
         self._solo = {m: _SoloCurves(p) for m, p in profiles.models.items()}
         self._counters = {m: _Counters(p) for m, p in profiles.models.items()}
-        self._cache: dict[Placement, float] = {}
-        self._feature_cache: dict[Placement, tuple[float, float]] = {}
+        # Keyed by plain tuples: hashing them is far cheaper than hashing dataclasses.
+        self._cache: dict[tuple[str, int, float], float] = {}
+        self._feature_cache: dict[tuple[str, int, float], tuple[float, float]] = {}
         if profiles.pairs:
             self.uses_counters = True
             self.weights = self._fit_counter_model()
@@ -115,16 +116,18 @@ class ProfilePredictor:
             self.weights = _fit_share_model(data_root(data_dir) / "deinfer-rtx3080")
 
     def solo(self, p: Placement) -> float:
-        cached = self._cache.get(p)
+        key = (p.model, p.batch, p.share)
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[p] = self._solo[p.model](p.batch, p.share)
+            cached = self._cache[key] = self._solo[p.model](p.batch, p.share)
         return cached
 
     def _features(self, p: Placement) -> tuple[float, float]:
-        cached = self._feature_cache.get(p)
+        key = (p.model, p.batch, p.share)
+        cached = self._feature_cache.get(key)
         if cached is None:
             l2, dram = self._counters[p.model](p.batch, p.share)
-            cached = self._feature_cache[p] = (l2 / 100, dram / 100)
+            cached = self._feature_cache[key] = (l2 / 100, dram / 100)
         return cached
 
     def slowdown(self, target: Placement, corunners: Sequence[Placement]) -> float:

@@ -151,7 +151,7 @@ def batched_latency(
     sb = np.asarray(service_full, dtype=float)
     cv2 = np.asarray(cv, dtype=float) ** 2
     lam, b, d, s1, sb, cv2 = (np.array(a) for a in np.broadcast_arrays(lam, b, d, s1, sb, cv2))
-    if b.ndim == 1 and len(np.unique(b)) > 1:
+    if b.ndim == 1 and len(b) > 4096 and len(np.unique(b)) > 1:
         # The moment sums run to the batch size: evaluate each batch size on its own.
         parts = [
             (idx, batched_latency(lam[idx], b[idx], d[idx], s1[idx], sb[idx], np.sqrt(cv2[idx]), q))
