@@ -4,8 +4,9 @@ Time line of the control loop, as in the live system:
 - t = 0: the policy plans for the rates at t = 0 (the controller has seen that traffic);
   every instance is loaded and serving.
 - Each `window_s`, per-model counts feed the dispatcher's CUSUM (services/common/cusum.py).
-  An alarm asks for a re-plan with the current estimates (at most one every `min_replan_s`;
-  an alarm inside that gap re-plans when it ends).
+  An alarm asks for a re-plan with the current estimates: at once when a rate rose above
+  what the running plan was made for, else at most one every `min_replan_s` (an alarm
+  inside that gap re-plans when it ends).
 - A re-plan loads its new instances for `load_s` while the old plan keeps serving (make
   before break), then routes switch; dropped instances drain their queues and go. During
   the switch both plans hold their GPUs.
@@ -169,6 +170,9 @@ def run_policy(
     for m in scenario.models:  # the controller starts out knowing the initial rates
         detectors[m.name].rate = m.schedule.at(0.0) or None
         detectors[m.name].update(int(counts[m.name][0]), w)
+    # Scale up at once, scale down lazily: a rate above what the plan was made for re-plans
+    # as soon as no switch is in progress; a lower one waits min_replan_s since the last.
+    planned = {m.name: m.schedule.at(0.0) for m in scenario.models}
     pending = False
     last = 0.0
     for k in range(1, len(edges) - 1):
@@ -176,10 +180,12 @@ def run_policy(
         for name, det in detectors.items():
             pending |= det.update(int(counts[name][k]), w)
         busy = t < epochs[-1].serving_from
-        if pending and not busy and t - last >= scenario.min_replan_s:
+        rising = any((d.rate or 0.0) > planned[n] for n, d in detectors.items())
+        if pending and not busy and (rising or t - last >= scenario.min_replan_s):
             pending = False
             last = t
             rates = {n: (d.rate or 0.0) for n, d in detectors.items()}
+            planned = rates
             plan = plan_for(rates)
             keys = _relabel(plan, epochs[-1].keys, pool)
             if sorted(keys) == sorted(epochs[-1].keys):
