@@ -50,6 +50,18 @@ def instance_state(
     return recent.state if recent is not None else reported
 
 
+def max_outstanding(instance: common_pb2.InstanceSpec, worker: common_pb2.WorkerInfo) -> int:
+    """Requests the instance can hold at once: its queue plus one running batch, as its worker
+    reports them (the spec may leave the queue capacity to the worker's default); 0 when
+    neither says (no limit)."""
+    for state in worker.instances:
+        if state.instance_id == instance.instance_id and state.queue_capacity > 0:
+            return state.queue_capacity + max(state.max_batch_size, 1)
+    if instance.queue_capacity > 0:
+        return instance.queue_capacity + max(instance.max_batch_size, 1)
+    return 0
+
+
 def build_routes(
     instances: Iterable[common_pb2.InstanceSpec],
     live_workers: Mapping[str, common_pb2.WorkerInfo],
@@ -69,6 +81,7 @@ def build_routes(
                 worker_id=worker.worker_id,
                 address=worker.address,
                 weight=weight,
+                max_outstanding=max_outstanding(instance, worker),
             )
         )
     return common_pb2.RoutingTable(

@@ -7,7 +7,11 @@ leaves time):
   the lost worker) before giving up.
 - RESOURCE_EXHAUSTED (the instance's queue is full or cannot meet the deadline): the next
   route too; the worker answers admission at once, so trying a sibling that may have capacity
-  is cheap. When every instance refused, the last refusal is returned.
+  is cheap. When every instance refused, the last refusal is returned. Two refusals happen
+  here without a hop to the worker: an instance that already holds its route's
+  max_outstanding requests (its queue capacity plus one batch) is full, and after a worker
+  refused a request saying when it would have finished, a request of the same shapes with an
+  earlier deadline skips that instance until then (services/dispatcher/shedding.py).
 - Anything else (DEADLINE_EXCEEDED, INVALID_ARGUMENT, NOT_FOUND, INTERNAL, ...) goes back to
   the client unchanged, with the worker's message.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,7 @@ from deinfer.protos.v1 import common_pb2
 from services.dispatcher import metrics
 from services.dispatcher.errors import RequestError
 from services.dispatcher.router import Balancer, ChannelPool
+from services.dispatcher.shedding import BusyMarks, Shed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ INSTANCE_KEY = "deinfer-instance-id"
 QUEUE_NS_KEY = "deinfer-queue-ns"
 COMPUTE_NS_KEY = "deinfer-compute-ns"
 BATCH_SIZE_KEY = "deinfer-batch-size"
+FINISH_NS_KEY = "deinfer-predicted-finish-ns"
 
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # What gRPC itself says when our own timeout (the deadline we computed) fires.
@@ -79,6 +85,15 @@ def parse_times(metadata: Iterable[tuple[str, str | bytes]] | None) -> WorkerTim
     )
 
 
+def predicted_finish_s(metadata: Iterable[Any] | None) -> float | None:
+    """Seconds after the call until a refused request would have finished (None: not said)."""
+    for key, value in metadata or ():
+        if key == FINISH_NS_KEY:
+            ns = _as_int(value)
+            return ns / 1e9 if ns > 0 else None
+    return None
+
+
 def budget_s(client_remaining: float | None, slo_ms: float, timeout_s: float | None) -> float:
     """Seconds the request may take: the earliest of the client's deadline, the model's SLO
     and the request's own `timeout` parameter."""
@@ -102,6 +117,7 @@ class Forwarder:
         self.pool = pool
         self.reread_routes = reread_routes
         self.clock = clock
+        self.marks = BusyMarks()
 
     async def forward(
         self,
@@ -109,25 +125,37 @@ class Forwarder:
         spec: common_pb2.ModelSpec,
         routes: Sequence[common_pb2.Route],
         deadline: float,
+        shape: Hashable = (),
     ) -> Forwarded:
-        """Send `raw` to one instance of `spec`; `deadline` is on `clock`'s time line."""
+        """Send `raw` to one instance of `spec`; `deadline` is on `clock`'s time line;
+        `shape` identifies requests of equal cost (their input shapes)."""
         key = (spec.name, spec.version)
         tried: set[str] = set()
         last: dict[grpc.StatusCode, grpc.aio.AioRpcError] = {}
+        shed: Shed | None = None
         reread = self.reread_routes is None
         while True:
             route = self.balancer.pick(key, routes, tried)
             if route is None:
-                if reread or self.clock() >= deadline:
+                # A fresh routing table helps when instances were unreachable, not when
+                # they are alive and full.
+                full = shed is not None or grpc.StatusCode.RESOURCE_EXHAUSTED in last
+                if reread or full or self.clock() >= deadline:
                     break
                 reread = True
                 assert self.reread_routes is not None
                 routes = await self.reread_routes(spec.name, spec.version)
                 continue
-            remaining = deadline - self.clock()
+            sent_at = self.clock()
+            remaining = deadline - sent_at
             if remaining <= 0:
                 break
             tried.add(route.instance_id)
+            refused = self._shed(route, shape, deadline, sent_at)
+            if refused is not None:
+                shed = refused
+                metrics.SHED.labels(spec.name).inc()
+                continue
             self.balancer.acquire(route)
             try:
                 call = self.pool.infer(route.address)(
@@ -137,9 +165,13 @@ class Forwarder:
                 trailing = await call.trailing_metadata()
                 if self.balancer.cooling:
                     self.balancer.mark_reachable(route)
+                self.marks.answered(route.instance_id)
                 return Forwarded(response, parse_times(trailing), route, len(tried))
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                finish = predicted_finish_s(exc.trailing_metadata())
+                if finish is not None:  # an admission refusal (busy or deadline too short)
+                    self.marks.refused(route.instance_id, shape, sent_at + finish)
                 if code not in RETRY_CODES:
                     raise self._passed_on(exc, spec, route, deadline) from None
                 last[code] = exc
@@ -158,7 +190,16 @@ class Forwarder:
                 )
             finally:
                 self.balancer.release(route)
-        raise self._gave_up(spec, tried, last, deadline)
+        raise self._gave_up(spec, tried, last, shed, deadline)
+
+    def _shed(
+        self, route: common_pb2.Route, shape: Hashable, deadline: float, now: float
+    ) -> Shed | None:
+        """Why `route` cannot take the request now (without asking its worker), or None."""
+        held = self.balancer.outstanding(route.instance_id)
+        if 0 < route.max_outstanding <= held:
+            return Shed(route.instance_id, deadline, held=held)
+        return self.marks.check(route.instance_id, shape, deadline, now)
 
     def _passed_on(
         self,
@@ -184,6 +225,7 @@ class Forwarder:
         spec: common_pb2.ModelSpec,
         tried: set[str],
         last: dict[grpc.StatusCode, Any],
+        shed: Shed | None,
         deadline: float,
     ) -> RequestError:
         exhausted = last.get(grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -191,6 +233,13 @@ class Forwarder:
             # Some instance is alive but full: that is the more useful answer.
             suffix = f" (all {len(tried)} instances refused)" if len(tried) > 1 else ""
             return RequestError(exhausted.code(), f"{exhausted.details()}{suffix}")
+        if shed is not None:
+            others = f" ({len(tried) - 1} other instance(s) refused too)" if len(tried) > 1 else ""
+            return RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {spec.name!r}: {shed.reason(self.clock())}; refused by the "
+                f"dispatcher{others}",
+            )
         unreachable = last.get(grpc.StatusCode.UNAVAILABLE)
         if unreachable is not None:
             return RequestError(

@@ -227,7 +227,8 @@ class InferenceServicer:
             deadline = self.forwarder.clock() + budget_s(
                 client_remaining, spec.slo_ms, valid.timeout_s
             )
-            result = await self.forwarder.forward(raw, spec, routes, deadline)
+            shape = tuple((t.name, tuple(t.shape)) for t in request.inputs)
+            result = await self.forwarder.forward(raw, spec, routes, deadline, shape)
             self.statistics.record_success(
                 name, version, time.perf_counter_ns() - started, valid.batch_size, result.times
             )
@@ -249,6 +250,8 @@ class InferenceServicer:
                 self.statistics.record_failure(spec.name, spec.version, elapsed)
             metrics.REQUESTS.labels(label, code).inc()
             metrics.LATENCY.labels(label).observe(elapsed / 1e9)
+            if code == "RESOURCE_EXHAUSTED":
+                metrics.REFUSAL_LATENCY.labels(label).observe(elapsed / 1e9)
 
     async def _lookup(self, fn: Callable[[Snapshot], T]) -> T:
         """`fn` on the cached snapshot; after a NOT_FOUND/UNAVAILABLE miss once more on a

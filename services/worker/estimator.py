@@ -1,8 +1,10 @@
-"""Batch-time estimate: an EWMA per amount of input work, interpolated between measurements."""
+"""Batch-time estimate: an EWMA per amount of input work, interpolated between measurements,
+and a tail factor that says how much slower than that estimate recent batches ran."""
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 
 
 class BatchTimeEstimator:
@@ -21,14 +23,24 @@ class BatchTimeEstimator:
     One stall (a page fault storm, a noisy neighbour) must not inflate the estimate so far
     that admission refuses everything and no new measurement ever corrects it: a later sample
     of a known size counts at most `MAX_JUMP` times the current estimate.
+
+    Admission needs the tail, not the mean: a request admitted on the mean misses its
+    deadline whenever its batch runs slow (on a shared CPU, exactly when a burst arrives).
+    So every batch whose size lies within the measured range also records how far off the
+    estimate was (observed / estimated), and `tail_factor` is the largest of the last
+    TAIL_WINDOW such ratios (never below 1, each capped at MAX_JUMP for the same reason as
+    above): the slowest recent batch, not a percentile, because a miss costs every request
+    of a batch at once. `tail(elements)` = estimate x tail factor is what admission plans with.
     """
 
     MAX_JUMP = 3.0
+    TAIL_WINDOW = 20
 
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self._sizes: list[int] = []  # sorted element counts with a measurement
         self._seconds: dict[int, float] = {}
+        self._ratios: deque[float] = deque(maxlen=self.TAIL_WINDOW)
         self.observed_at = -float("inf")  # clock time of the last measurement
 
     @property
@@ -37,6 +49,12 @@ class BatchTimeEstimator:
 
     def observe(self, elements: int, seconds: float, now: float) -> None:
         self.observed_at = now
+        if self._sizes and self._sizes[0] <= elements <= self._sizes[-1]:
+            # Only sizes within the measured range: an extrapolated estimate is a guess whose
+            # error says nothing about how steady the machine is.
+            predicted = self.estimate(elements)
+            if predicted > 0:
+                self._ratios.append(min(seconds / predicted, self.MAX_JUMP))
         previous = self._seconds.get(elements)
         if previous is None:
             bisect.insort(self._sizes, elements)
@@ -44,6 +62,15 @@ class BatchTimeEstimator:
         else:
             sample = min(seconds, self.MAX_JUMP * previous)
             self._seconds[elements] = previous + self.alpha * (sample - previous)
+
+    @property
+    def tail_factor(self) -> float:
+        """The largest recent observed/estimated ratio, at least 1."""
+        return max(1.0, max(self._ratios, default=1.0))
+
+    def tail(self, elements: int) -> float:
+        """Seconds a batch of `elements` takes in a slow case (estimate x tail factor)."""
+        return self.estimate(elements) * self.tail_factor
 
     def estimate(self, elements: int) -> float:
         """Seconds for a batch of `elements`; 0.0 before any measurement (nothing to go on)."""

@@ -194,12 +194,15 @@ class Instance:
         queued = QueuedRequest(
             request.rows, request.signature, now, deadline, _Pending(request, future)
         )
-        refusal = self.queue.admit(queued, now, self._busy_s(now))
+        busy_s, slowdown = self._running_batch(now)
+        refusal = self.queue.admit(queued, now, busy_s, slowdown)
         if refusal is not None:
             code, label = _REJECTION[refusal.reason]
             self.stats.rejected += 1
             self.metrics.count(self.labels, label)
-            raise WorkerError(code, f"instance {self.id}: {refusal.message}")
+            raise WorkerError(
+                code, f"instance {self.id}: {refusal.message}", finish_s=refusal.finish_s
+            )
         self._idle.clear()
         self._wake.set()
         self._update_gauge()
@@ -227,11 +230,16 @@ class Instance:
         self.metrics.count(self.labels, outcome.UNAVAILABLE)
         raise WorkerError(grpc.StatusCode.UNAVAILABLE, message)
 
-    def _busy_s(self, now: float) -> float:
+    def _running_batch(self, now: float) -> tuple[float, float]:
+        """Seconds left of the running batch (slow case) and how many times its mean estimate
+        it has already taken (1.0 when idle or still within it)."""
         running = self._running
         if running is None:
-            return 0.0
-        return max(0.0, self.estimator.estimate(running.elements) - (now - running.start))
+            return 0.0, 1.0
+        elapsed = now - running.start
+        mean = self.estimator.estimate(running.elements)
+        slowdown = elapsed / mean if mean > 0 else 1.0
+        return max(0.0, self.estimator.tail(running.elements) - elapsed), max(1.0, slowdown)
 
     # --- batching loop ---
 

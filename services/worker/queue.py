@@ -3,7 +3,10 @@
 Admission (docs/internals.md, request path point 3): a request is refused at once with
 DEADLINE_EXCEEDED when even an idle instance could not run it before its deadline, and with
 RESOURCE_EXHAUSTED when the queue is full or the work ahead of it (the running batch, every
-queued batch and its own) is predicted to end after its deadline.
+queued batch and its own) is predicted to end after its deadline. Predictions use the batch
+time in a slow case (the estimator's tail), so that what is admitted finishes in time even
+when batches run slower than on average; a refusal says when the request would have finished,
+which lets the dispatcher refuse similar requests itself until then.
 """
 
 from __future__ import annotations
@@ -55,10 +58,15 @@ class Rejection(enum.Enum):
 class Refusal:
     reason: Rejection
     message: str
+    finish_s: float = 0.0  # predicted seconds from now until the request would have finished
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
+
+
+def _slow_note(factor: float) -> str:
+    return f"; batches run up to {factor:.2f}x the mean estimate now" if factor > 1 else ""
 
 
 class RequestQueue(Generic[T]):
@@ -89,25 +97,38 @@ class RequestQueue(Generic[T]):
             for signature, n in rows.items()
         )
 
-    def admit(self, request: QueuedRequest[T], now: float, busy_s: float) -> Refusal | None:
-        """Enqueue `request`, or say why not. `busy_s`: time left of the running batch."""
+    def admit(
+        self, request: QueuedRequest[T], now: float, busy_s: float, slowdown: float = 1.0
+    ) -> Refusal | None:
+        """Enqueue `request`, or say why not. `busy_s`: time left of the running batch (in
+        the slow case, like every prediction here); `slowdown`: how many times its estimate
+        the running batch has taken so far. A batch running late now means the machine is
+        slower now (a burst competing for the CPU): the work queued behind it will be too."""
         left = request.deadline - now
+        slow = max(self.estimator.tail_factor, slowdown)
+        # Too short: even an average batch would not fit (the request's own doing). A deadline
+        # that only the slow case misses is the instance's current state: RESOURCE_EXHAUSTED.
         alone = self.estimator.estimate(request.elements)
-        probe = left < alone and self._probe(now, busy_s)
+        finish = busy_s + self.predicted_work(request) * slow
+        probe = left < alone * slow and self._probe(now, busy_s)
         if left < alone and not probe:
             return Refusal(
                 Rejection.DEADLINE_TOO_SHORT,
                 f"deadline in {_ms(left)} is shorter than one batch of {request.rows} "
                 f"row(s) ({_ms(alone)})",
+                finish,
             )
         if len(self._items) >= self.capacity:
-            return Refusal(Rejection.QUEUE_FULL, f"queue full ({self.capacity} requests waiting)")
-        finish = busy_s + self.predicted_work(request)
+            return Refusal(
+                Rejection.QUEUE_FULL, f"queue full ({self.capacity} requests waiting)", finish
+            )
         if finish > left and not probe:
             return Refusal(
                 Rejection.DEADLINE_UNREACHABLE,
                 f"predicted finish in {_ms(finish)} ({len(self._items)} queued, "
-                f"{_ms(busy_s)} left of the running batch) is after the deadline in {_ms(left)}",
+                f"{_ms(busy_s)} left of the running batch{_slow_note(slow)}) is after the "
+                f"deadline in {_ms(left)}",
+                finish,
             )
         self._items.append(request)
         self._rows[request.signature] = self._rows.get(request.signature, 0) + request.rows

@@ -18,12 +18,15 @@ INSTANCE_KEY = "deinfer-instance-id"
 QUEUE_NS_KEY = "deinfer-queue-ns"
 COMPUTE_NS_KEY = "deinfer-compute-ns"
 BATCH_SIZE_KEY = "deinfer-batch-size"
+# On an admission refusal: when (ns from now) the refused request would have finished.
+FINISH_NS_KEY = "deinfer-predicted-finish-ns"
 
 Context = grpc.aio.ServicerContext[object, object]
 
 
 async def _abort(context: Context, error: WorkerError) -> NoReturn:
-    await context.abort(error.code, error.message)
+    trailing = ((FINISH_NS_KEY, str(int(error.finish_s * 1e9))),) if error.finish_s > 0 else ()
+    await context.abort(error.code, error.message, trailing)
     raise AssertionError("unreachable")  # abort() raises
 
 

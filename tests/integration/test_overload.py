@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deinfer.local_stack import LocalStack
 from deinfer.protos.inference import grpc_service_pb2 as pb
+from deinfer.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from deinfer.tensors import to_raw
 from tests.integration.conftest import start_stack
 from tests.integration.loadgen import burst
@@ -58,36 +64,105 @@ def one_core_stack(tmp_path_factory: pytest.TempPathFactory, zoo_dir: Path) -> I
     s.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: with the estimate keyed by input elements the excess is refused "
-    "(~285-290 of 300 RESOURCE_EXHAUSTED), but on 2 cores the admitted few often run slower "
-    "than estimated and expire: OK is sometimes below 5",
-)
+def _samples(url: str, name: str, model: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every Prometheus sample called `name` for `model` at `url`."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("model") == model
+    ]
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """Counters of the dispatcher and the worker, read before and after a burst."""
+
+    refusals_by_le: dict[float, float]  # dispatcher: RESOURCE_EXHAUSTED answered within le s
+    worker_outcomes: Counter[str]  # worker: requests by outcome
+
+    @classmethod
+    def read(cls, stack: LocalStack) -> ServerView:
+        buckets = _samples(
+            stack.metrics_urls["dispatcher"], "deinfer_dispatcher_refusal_seconds_bucket", "bert"
+        )
+        outcomes: Counter[str] = Counter()
+        for worker in stack.worker_urls:
+            for labels, value in _samples(
+                stack.metrics_urls[worker], "deinfer_worker_requests_total", "bert"
+            ):
+                outcomes[labels["outcome"]] += int(value)
+        return cls({float(labels["le"]): value for labels, value in buckets}, outcomes)
+
+    def since(self, before: ServerView) -> ServerView:
+        return ServerView(
+            {le: n - before.refusals_by_le.get(le, 0.0) for le, n in self.refusals_by_le.items()},
+            self.worker_outcomes - before.worker_outcomes,
+        )
+
+
+def _max_batch_size(stack: LocalStack) -> int:
+    async def read() -> int:
+        async with grpc.aio.insecure_channel(stack.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            response = await stub.ModelConfig(pb.ModelConfigRequest(name="bert"))
+            return int(response.config.max_batch_size)
+
+    return asyncio.run(read())
+
+
+# Refusals at the door (the request reached the worker with less time left than one batch)
+# are explicit answers, not admitted requests that ran late.
+_DOOR = "is shorter than one batch"
+
+
 def test_burst_at_ten_times_capacity(one_core_stack: LocalStack) -> None:
     deadline_s, count = 1.0, 300  # the instance completes < 30 requests in 1 s here
     # A few requests first, so the batch-time estimate has seen this sequence length (the
     # warm-up batch at load time uses a short one).
     for _ in range(3):
         asyncio.run(burst(one_core_stack.url, _bert_request(), 8, 10.0)).check_accounted()
+    before = ServerView.read(one_core_stack)
     report = asyncio.run(burst(one_core_stack.url, _bert_request(), count, deadline_s))
+    server = ServerView.read(one_core_stack).since(before)
     report.check_accounted()
     codes = report.codes
     ok = codes[grpc.StatusCode.OK]
     rejected = [o for o in report.outcomes if o.code == grpc.StatusCode.RESOURCE_EXHAUSTED]
-    late = codes[grpc.StatusCode.DEADLINE_EXCEEDED]
+    expired = [o for o in report.outcomes if o.code == grpc.StatusCode.DEADLINE_EXCEEDED]
+    late = [o for o in expired if _DOOR not in o.detail]
     assert set(codes) <= {
         grpc.StatusCode.OK,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }, codes
-    assert ok >= 5, codes  # the server did work...
-    assert ok <= count / 10, codes  # ...the burst really was >= 10x what it can do...
-    assert len(rejected) >= 0.7 * count, codes  # ...and it refused the excess explicitly.
-    # Refusals come before the deadline, not as time-outs in disguise. On a 2-core machine
-    # the burst itself takes a few hundred ms to cross client, dispatcher and worker.
+    outcomes = server.worker_outcomes
+    missed = outcomes["expired"] + outcomes["cancelled"]  # admitted, then out of time
+    why = (codes, outcomes, Counter(o.detail[-60:] for o in expired).most_common(3))
+    # The server took work in. Not more than this: on a 2-core machine shared with other jobs
+    # one 75 ms batch of bert can take 500 ms while the burst itself competes for the CPU,
+    # and admission then (rightly) takes in only the one or two requests it can finish.
+    assert ok + missed >= 1, why
+    assert ok <= count / 10, why  # ...the burst really was >= 10x what it can do...
+    assert len(rejected) >= 0.7 * count, why  # ...and it refused the excess explicitly.
+    # Within milliseconds, measured where the refusal is made (the client's own view adds
+    # its Python gRPC stack working through 300 calls on a busy CPU): most refusals come from
+    # the dispatcher without a hop to the worker, once the worker refused the first ones.
+    refused = server.refusals_by_le[math.inf]
+    assert refused >= len(rejected), server
+    assert server.refusals_by_le[0.005] >= 0.5 * refused, server  # median <= 5 ms
+    # Refusals come before the deadline, not as time-outs in disguise, in the client's view
+    # too: the burst itself takes a few hundred ms to cross client and dispatcher here.
     refusal_ms = sorted((o.end - o.start) * 1000 for o in rejected)
     assert refusal_ms[len(refusal_ms) // 2] < 0.8 * deadline_s * 1000, refusal_ms[::20]
-    # Few requests run out of time: admission lets in only what can finish.
-    assert late <= 0.1 * count, codes
+    # Accepted requests meet their deadline: admission plans with the slowest recent batch
+    # and with how late the running batch already is, so what it admits fits. What no
+    # estimate foresees is a stall that begins after admission (here: other jobs, and the
+    # burst itself, taking the CPU from the one running batch): at most that one batch's
+    # requests may miss, never the many admitted on a mean estimate that this test caught.
+    assert missed <= _max_batch_size(one_core_stack), why
+    # In the client's view, few requests end in a time-out; this also counts answers that
+    # the client, competing for the same two cores, could not take in before its deadline.
+    assert len(late) <= 0.1 * count, (codes, [o.detail for o in late[:3]])
     assert all(o.end - o.start <= deadline_s + 0.2 for o in report.outcomes)

@@ -180,16 +180,18 @@ class Plan(_message.Message):
     def __init__(self, version: _Optional[int] = ..., created_at: _Optional[float] = ..., policy: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceSpec, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("instance_id", "worker_id", "address", "weight")
+    __slots__ = ("instance_id", "worker_id", "address", "weight", "max_outstanding")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     worker_id: str
     address: str
     weight: float
-    def __init__(self, instance_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+    max_outstanding: int
+    def __init__(self, instance_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[float] = ..., max_outstanding: _Optional[int] = ...) -> None: ...
 
 class ModelRoutes(_message.Message):
     __slots__ = ("model", "version", "routes")
