@@ -61,8 +61,9 @@ def run_all(scenario: Scenario, root: Path) -> tuple[list[PolicyResult], list[Po
     return results, iso
 
 
-def planning_time(root: Path, runs: int) -> tuple[float, float, int]:
-    """Seconds to plan 1000 models onto 500 GPUs (min, median over runs), GPUs used."""
+def planning_time(root: Path, runs: int) -> tuple[float, float, float, int]:
+    """Seconds to plan 1000 models onto 500 GPUs (wall min, wall median, CPU min over runs),
+    GPUs used. CPU time shows the cost without the contention of a shared machine."""
     scenario = load_scenario(SCENARIOS / "large-1000-models.yaml", root)
     profiles = load_profiles(scenario.profiles, root)
     predictor = ProfilePredictor(profiles, str(root))
@@ -71,13 +72,14 @@ def planning_time(root: Path, runs: int) -> tuple[float, float, int]:
     devices = [Device(f"gpu{i}") for i in range(500)]
     policy = DeinferPolicy()
     policy.plan(models, rates, profiles, predictor, devices)  # warm the predictor's caches
-    times, used = [], 0
+    times, cpu, used = [], [], 0
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         plan = policy.plan(models, rates, profiles, predictor, devices)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         used = len(plan.devices_used)
-    return min(times), statistics.median(times), used
+    return min(times), statistics.median(times), min(cpu), used
 
 
 def main() -> int:
@@ -136,10 +138,11 @@ def main() -> int:
             f"rate-steps: deinfer miss {100 * d.slo_miss_rate:.2f} %, deinfer-published "
             f"{100 * pub.slo_miss_rate:.2f} %: ratio {ratio:.2f} (target <= 0.5)"
         )
-    best, median, used = planning_time(root, args.runs)
+    best, median, cpu, used = planning_time(root, args.runs)
     print(
-        f"planning 1000 models onto 500 GPUs (deinfer): min {best:.3f} s, median {median:.3f} s "
-        f"over {args.runs} runs, {used} GPUs used (target <= 0.2 s)"
+        f"planning 1000 models onto 500 GPUs (deinfer): wall min {best:.3f} s, median "
+        f"{median:.3f} s, CPU min {cpu:.3f} s over {args.runs} runs, {used} GPUs used "
+        "(target <= 0.2 s)"
     )
     return 0
 

@@ -55,13 +55,16 @@ def solo_latencies(
     return {k: v / 1e3 for k, v in zip(keys, values, strict=True)}
 
 
+# FILL_QUANTILE of Gamma(b - 1, 1) by batch b: the time (in mean inter-arrivals) for b - 1
+# more requests to arrive.
+_FILL_UNITS = np.array(
+    [0.0, 0.0] + [float(special.gammaincinv(b - 1, FILL_QUANTILE)) for b in range(2, 257)]
+)
+
+
 def max_delay(rate: FloatArray, batch: FloatArray, slo_s: FloatArray) -> FloatArray:
     """Max delay: time for the batch to fill (FILL_QUANTILE), at most a fraction of the SLO."""
-    fill = np.where(
-        batch > 1,
-        special.gammaincinv(np.maximum(batch - 1, 1), FILL_QUANTILE) / np.maximum(rate, 1e-9),
-        0.0,
-    )
+    fill = _FILL_UNITS[np.clip(batch.astype(int), 0, 256)] / np.maximum(rate, 1e-9)
     return np.asarray(np.minimum(fill, DELAY_SLO_FRACTION * slo_s))
 
 
@@ -134,18 +137,30 @@ def candidates_for(
     first = np.ones(len(order), dtype=bool)
     first[1:] = (owner[order][1:] != owner[order][:-1]) | (share[order][1:] != share[order][:-1])
     out: list[list[Candidate]] = [[] for _ in demands]
-    for i in order[first].tolist():
-        k = int(owner[i])
+    chosen = order[first]
+    memory = {key: profiles[key] for key in by_profile}
+    columns = zip(
+        owner[chosen].tolist(),
+        b[chosen].astype(int).tolist(),
+        share[chosen].tolist(),
+        delay[chosen].tolist(),
+        s1[chosen].tolist(),
+        sb[chosen].tolist(),
+        tolerance[chosen].tolist(),
+        solo_p99[chosen].tolist(),
+        strict=True,
+    )
+    for k, batch, sh, dl, one, full, tol, p99 in columns:
         out[k].append(
             Candidate(
-                batch=int(b[i]),
-                share=float(share[i]),
-                max_delay_s=float(delay[i]),
-                solo_one_s=float(s1[i]),
-                solo_full_s=float(sb[i]),
-                tolerance=float(tolerance[i]),
-                p99_s=float(solo_p99[i]),
-                memory_mb=profiles[demands[k].profile_key].memory_mb(int(b[i])),
+                batch=batch,
+                share=sh,
+                max_delay_s=dl,
+                solo_one_s=one,
+                solo_full_s=full,
+                tolerance=tol,
+                p99_s=p99,
+                memory_mb=memory[demands[k].profile_key].memory_mb(batch),
             )
         )
     return out

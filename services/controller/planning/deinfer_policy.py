@@ -15,6 +15,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from services.controller.planning.candidates import (
     SHARES,
     Candidate,
@@ -22,7 +24,7 @@ from services.controller.planning.candidates import (
     candidates_for,
     solo_latencies,
 )
-from services.controller.planning.placement import Gpu, Resident, try_colocate
+from services.controller.planning.placement import SHARE_EPS, Gpu, Resident, try_colocate
 from services.controller.planning.predictor import LatencyPredictor
 from services.controller.planning.profiles import ProfileSet
 from services.controller.planning.queueing import batched_latency
@@ -85,19 +87,31 @@ def pack(
     free = list(devices)
     gpus: list[Gpu] = []
     unplaced: dict[str, str] = {}
+    # Share, memory and capacity of the open GPUs as arrays: the fit test is vectorised.
+    share = np.zeros(len(devices))
+    memory = np.zeros(len(devices))
+    capacity = np.zeros(len(devices))
     for r in residents:
         need = r.candidate
+        n = len(gpus)
+        fit = np.flatnonzero(
+            (share[:n] + need.share <= 1 + SHARE_EPS)
+            & (memory[:n] + need.memory_mb <= capacity[:n])
+        )
         # Fullest first (tight packing), then the emptiest few (most room to raise shares).
-        open_gpus = sorted((g for g in gpus if g.fits(need)), key=lambda g: -g.share)
-        tries = open_gpus[:max_tries] + open_gpus[max_tries:][-max_tries // 2 :]
-        if any(try_colocate(g, r, predictor) for g in tries):
-            continue
-        fresh = next((d for d in free if need.memory_mb <= d.memory_mb), None)
-        if fresh is None:
-            unplaced[r.demand.name] = "no device left with enough memory"
-            continue
-        free.remove(fresh)
-        gpus.append(Gpu(fresh, [r]))
+        ordered = fit[np.argsort(-share[fit], kind="stable")].tolist()
+        tries = ordered[:max_tries] + ordered[max_tries:][-max_tries // 2 :]
+        placed = next((i for i in tries if try_colocate(gpus[i], r, predictor)), None)
+        if placed is None:
+            fresh = next((d for d in free if need.memory_mb <= d.memory_mb), None)
+            if fresh is None:
+                unplaced[r.demand.name] = "no device left with enough memory"
+                continue
+            free.remove(fresh)
+            gpus.append(Gpu(fresh, [r]))
+            placed = n
+            capacity[n] = fresh.memory_mb
+        share[placed], memory[placed] = gpus[placed].share, gpus[placed].memory_mb
     return gpus, unplaced
 
 

@@ -56,7 +56,12 @@ class Gpu:
 def predicted_slowdowns(
     predictor: LatencyPredictor, placements: Sequence[Placement], solo_full_s: Sequence[float]
 ) -> list[float]:
-    """Slowdown of each placement's full batch next to all the others (one predictor call)."""
+    """Slowdown of each placement's full batch next to all the others (one predictor call;
+    predictors with a `predict_group` answer the whole group at once)."""
+    group = getattr(predictor, "predict_group", None)
+    if group is not None:
+        latencies = group(placements)
+        return [lat / 1e3 / solo - 1.0 for lat, solo in zip(latencies, solo_full_s, strict=True)]
     queries = [
         LatencyQuery(p, tuple(placements[:i]) + tuple(placements[i + 1 :]))
         for i, p in enumerate(placements)

@@ -150,6 +150,36 @@ class ProfilePredictor:
     def predict(self, queries: Sequence[LatencyQuery]) -> list[float]:
         return [self.solo(q.target) * (1.0 + self.slowdown(q.target, q.corunners)) for q in queries]
 
+    def predict_group(self, placements: Sequence[Placement]) -> list[float]:
+        """predict() of each placement next to all the others, in time linear in the group
+        (the interference features are sums over co-runners)."""
+        solo = [self.solo(p) for p in placements]
+        if len(placements) < 2:
+            return solo
+        w = self.weights
+        n = len(placements)
+        if self.uses_counters:
+            feats = [self._features(p) for p in placements]
+            l2_all = sum(f[0] for f in feats)
+            dram_all = sum(f[1] for f in feats)
+            share_all = sum(p.share for p in placements)
+            slow = [
+                w[0]
+                + w[1] * l2
+                + w[2] * dram
+                + w[3] * (l2_all - l2)
+                + w[4] * (dram_all - dram)
+                + w[5] * (share_all - p.share)
+                for p, (l2, dram) in zip(placements, feats, strict=True)
+            ]
+        else:
+            share_all = sum(p.share for p in placements)
+            slow = [
+                w[0] + w[1] * p.share + w[2] * (share_all - p.share) + w[3] * (n - 1)
+                for p in placements
+            ]
+        return [s * (1.0 + max(0.0, x)) for s, x in zip(solo, slow, strict=True)]
+
     def _fit_counter_model(self) -> tuple[float, ...]:
         rows, targets = [], []
         for r in self.profiles.pairs:

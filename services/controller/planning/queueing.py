@@ -32,7 +32,7 @@ from scipy import special, stats
 from services.controller.planning.profiles import FloatArray
 
 ArrayLike = FloatArray | float | list[float]
-FIXED_POINT_ROUNDS = 8
+FIXED_POINT_ROUNDS = 5
 
 
 def pk_mean_wait(
