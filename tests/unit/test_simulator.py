@@ -182,3 +182,13 @@ def test_cli_rejects_bad_scenarios(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["simulate", str(path)]) == 1
     assert "no profile for x" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_every_shipped_scenario_parses(profiles: ProfileSet) -> None:
+    shipped = sorted((Path(__file__).resolve().parents[2] / "bench" / "scenarios").glob("*.yaml"))
+    assert len(shipped) >= 7
+    for path in shipped:
+        s = parse_scenario(path.read_text(), ROOT, str(path))
+        assert {m.profile for m in s.models} <= set(profiles.models), path.name
+    names = {p.stem for p in shipped}
+    assert {"scale-up", "rate-steps", "has-gpu-traces", "large-1000-models"} <= names
