@@ -57,6 +57,18 @@ def rapp_terms(q: Queries) -> dict[str, FloatArray]:
     }
 
 
+def analytical_terms(queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
+    if queries.dataset in TERMS:
+        columns = features.FEATURES[queries.dataset](queries)
+        names = tuple(t for t in TERMS[queries.dataset] if t in columns)
+        if not names:
+            names = IGNITER_WITHOUT_CONFIG
+    else:
+        columns = rapp_terms(queries)
+        names = tuple(columns)
+    return names, np.column_stack([columns[n] for n in names])
+
+
 class AnalyticalBackend(LogRatioBackend):
     name: ClassVar[str] = "analytical"
 
@@ -64,12 +76,4 @@ class AnalyticalBackend(LogRatioBackend):
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
 
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
-        if queries.dataset in TERMS:
-            columns = features.FEATURES[queries.dataset](queries)
-            names = tuple(t for t in TERMS[queries.dataset] if t in columns)
-            if not names:
-                names = IGNITER_WITHOUT_CONFIG
-        else:
-            columns = rapp_terms(queries)
-            names = tuple(columns)
-        return names, np.column_stack([columns[n] for n in names])
+        return analytical_terms(queries)
