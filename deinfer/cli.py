@@ -62,11 +62,12 @@ def build_parser(
     status.set_defaults(func=run_status)
     plan = commands.add_parser("plan", help="the controller's current plan and routing table")
     plan.set_defaults(func=run_plan)
-    from deinfer import cli_predictor, cli_profile, cli_simulate, cli_up
+    from deinfer import cli_health, cli_predictor, cli_profile, cli_simulate, cli_up
 
     cli_up.add_up_cli(commands)
     cli_profile.add_profile_cli(commands)
     cli_predictor.add_predictor_cli(commands)
+    cli_health.add_health_cli(commands)
     cli_simulate.add_simulate_cli(commands)
     _add_zoo(commands, load_zoo)
     return parser
