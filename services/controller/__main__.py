@@ -11,7 +11,8 @@ from deinfer.protos.v1 import controller_pb2, controller_pb2_grpc
 from services.common.grpc_runtime import GrpcService
 from services.common.logs import configure_logging
 from services.common.store import Store
-from services.controller.policy import FirstFitPolicy
+from services.controller.planned_policy import PlannedPlacement
+from services.controller.policy import FirstFitPolicy, PlacementPolicy
 from services.controller.rates import RateReports
 from services.controller.reconciler import Reconciler
 from services.controller.registry import Registry
@@ -24,13 +25,18 @@ log = logging.getLogger("services.controller")
 SERVICE_NAME = controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name
 
 
-def build_policy(settings: ControllerSettings) -> FirstFitPolicy:
-    return FirstFitPolicy(
+def build_policy(settings: ControllerSettings) -> PlacementPolicy:
+    first_fit = FirstFitPolicy(
         replicas=settings.controller_replicas,
         instances_per_worker=settings.controller_instances_per_worker,
         default_max_batch_size=settings.controller_default_max_batch_size,
         default_max_delay_ms=settings.controller_default_max_delay_ms,
         queue_capacity=settings.controller_queue_capacity,
+    )
+    if settings.controller_policy == "first_fit":
+        return first_fit
+    return PlannedPlacement(
+        settings.controller_policy, settings.controller_queue_capacity, fallback=first_fit
     )
 
 

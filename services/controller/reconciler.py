@@ -174,6 +174,9 @@ class Reconciler:
         previous = self.plan
 
         await self._drop_unservable(snap, trigger)
+        refresh = getattr(self.policy, "refresh", None)  # rate- and profile-aware policies
+        if refresh is not None:
+            await refresh(self.store, list(snap.workers.values()))
         desired = self.policy.place(snap.models, list(snap.workers.values()), self.plan)
         failed = await self._load_missing(desired, snap, trigger)
 

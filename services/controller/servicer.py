@@ -111,8 +111,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     ) -> controller_pb2.ReportRatesResponse:
         async def call() -> controller_pb2.ReportRatesResponse:
             await self.rates.report(request.dispatcher_id, list(request.rates))
-            # The first-fit policy ignores rates; rate-aware policies will replan here.
-            return controller_pb2.ReportRatesResponse(replan_scheduled=False)
+            changed = sorted(r.model for r in request.rates if r.change_detected)
+            # Only rate-aware policies (those that refresh rates) re-plan on a change.
+            if not changed or getattr(self.reconciler.policy, "refresh", None) is None:
+                return controller_pb2.ReportRatesResponse(replan_scheduled=False)
+            self.reconciler.trigger(f"rate change: {', '.join(changed)}")
+            return controller_pb2.ReportRatesResponse(replan_scheduled=True)
 
         return await _guard(context, "ReportRates", call)
 

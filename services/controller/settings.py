@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.settings import CommonSettings
@@ -40,6 +42,13 @@ class ControllerSettings(CommonSettings):
     )
     controller_load_timeout_s: float = Field(
         default=60.0, gt=0, description="LoadInstance deadline (includes warm-up)"
+    )
+    controller_policy: Literal[
+        "first_fit", "deinfer", "igniter", "dedicated", "deinfer-published"
+    ] = Field(
+        default="first_fit",
+        description="placement policy; the planning ones need profiles of the served models "
+        "(models without one are placed first-fit)",
     )
     controller_drain_timeout_s: float = Field(
         default=10.0, ge=0, description="UnloadInstance: time the worker gets to finish queued work"

@@ -47,10 +47,13 @@ def batch_grid(measured: Sequence[int]) -> list[int]:
 
 
 def solo_latencies(
-    predictor: LatencyPredictor, profile: str, batches: Sequence[int]
+    predictor: LatencyPredictor,
+    profile: str,
+    batches: Sequence[int],
+    shares: Sequence[float] = SHARES,
 ) -> dict[tuple[int, float], float]:
     """Solo latency (s) of every (batch, share) on the grid, batch 1 included."""
-    keys = [(b, s) for b in sorted({1, *batches}) for s in SHARES]
+    keys = [(b, s) for b in sorted({1, *batches}) for s in sorted({*SHARES, *shares})]
     values = predictor.predict([LatencyQuery(Placement(profile, b, s)) for b, s in keys])
     return {k: v / 1e3 for k, v in zip(keys, values, strict=True)}
 

@@ -34,10 +34,15 @@ MAX_REPLICAS = 256
 
 
 def solo_tables(
-    models: Sequence[ModelDemand], profiles: ProfileSet, predictor: LatencyPredictor
+    models: Sequence[ModelDemand],
+    profiles: ProfileSet,
+    predictor: LatencyPredictor,
+    shares: Sequence[float] = SHARES,
 ) -> dict[str, dict[tuple[int, float], float]]:
     keys = sorted({m.profile_key for m in models})
-    return {k: solo_latencies(predictor, k, batch_grid(profiles[k].batches)) for k in keys}
+    return {
+        k: solo_latencies(predictor, k, batch_grid(profiles[k].batches), shares) for k in keys
+    }
 
 
 def replicated_candidates(
@@ -150,6 +155,7 @@ class DeinferPolicy:
     headroom: float = 0.05  # plan for 5 % more than the reported rate (estimation noise)
     safety: float = 0.0  # fraction of the SLO kept free (model error)
     max_tries: int = 8
+    shares: tuple[float, ...] = SHARES  # the share grid (a CPU: multiples of 1 / threads)
 
     def plan(
         self,
@@ -159,9 +165,9 @@ class DeinferPolicy:
         predictor: LatencyPredictor,
         devices: Sequence[Device],
     ) -> Plan:
-        solo = solo_tables(models, profiles, predictor)
+        solo = solo_tables(models, profiles, predictor, self.shares)
         chosen, failed = replicated_candidates(
-            models, rates, profiles, solo, self.headroom, self.safety
+            models, rates, profiles, solo, self.headroom, self.safety, self.shares
         )
         residents = [
             Resident(m, rates.get(m.name, 0.0) / chosen[m.name][0], chosen[m.name][1])

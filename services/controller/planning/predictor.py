@@ -210,8 +210,11 @@ class ProfilePredictor:
 
 
 def _fit_share_model(folder: Path) -> tuple[float, ...]:
+    table = folder / "model_interference_feature2.csv"
+    if not table.is_file():
+        return (0.0, 0.0, 0.0, 0.0)  # no co-location data at all: no interference term
     rows, targets = [], []
-    with (folder / "model_interference_feature2.csv").open() as f:
+    with table.open() as f:
         for row in csv.DictReader(f):
             n = int(row["model_num"])
             rows.append((1.0, float(row["model_mps1"]) / 100, float(row["model_mps2"]) / 100, n))
