@@ -5,7 +5,8 @@ reported rates and the measured profiles of the live workers' device type from R
 `place()` then plans every served model that has a profile and an SLO (workers as devices;
 on a CPU the share grid is the multiples of 1 / threads, as the worker maps shares to
 threads) and turns the plan into instance specs, keeping the id of every instance the
-running plan already has with the same configuration (no churn). Models without a profile
+running plan already has with the same (worker, batch, share), with its running max delay
+(no churn: only routing weights follow the new rates). Models without a profile
 fall back to the first-fit policy, so a new model is served before it is profiled.
 """
 
@@ -66,6 +67,18 @@ def solo_profile(profile: profiler_pb2.ModelProfile) -> SoloProfile | None:
         weights_mb=params_mb,
         item_mb=0.0,
     )
+
+
+# A kept instance's routing weight follows the rate only past this relative change, so that
+# estimation noise does not publish a new plan version every round.
+WEIGHT_HYSTERESIS = 0.2
+
+
+def _steady(previous: common_pb2.InstanceSpec | None, rate: float) -> float:
+    if previous is None or previous.planned_throughput <= 0:
+        return rate
+    old = previous.planned_throughput
+    return old if abs(rate - old) <= WEIGHT_HYSTERESIS * old else rate
 
 
 @dataclass
@@ -154,10 +167,11 @@ class PlannedPlacement:
                     version=spec.version,
                     worker_id=inst.device_id,
                     max_batch_size=batch,
-                    max_delay_ms=inst.max_delay_ms,
+                    # A kept instance keeps the delay it runs with (the worker's setting).
+                    max_delay_ms=previous.max_delay_ms if previous else inst.max_delay_ms,
                     share=inst.share,
                     queue_capacity=self.queue_capacity,
-                    planned_throughput=inst.rate,
+                    planned_throughput=_steady(previous, inst.rate),
                 )
             )
         return out
