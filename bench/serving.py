@@ -261,6 +261,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
+    # On a shared machine other jobs decide much of the result: say how busy it was.
+    load_before = os.getloadavg()
     rows: list[tuple[str, int, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         paths = {m: save_model(m, Path(tmp)) for m in args.models}
@@ -288,6 +290,12 @@ def main() -> None:
                 for name, results in per_system.items():
                     rows.append((m, c, name, summarise(results)))
     print_table(rows)
+    load_after = os.getloadavg()
+    print(
+        f"\nhost load average (1/5/15 min) at start {load_before[0]:.2f}/{load_before[1]:.2f}/"
+        f"{load_before[2]:.2f}, at end {load_after[0]:.2f}/{load_after[1]:.2f}/"
+        f"{load_after[2]:.2f} on {os.cpu_count()} CPUs"
+    )
 
 
 def start_deinfer(
