@@ -40,9 +40,7 @@ def solo_tables(
     shares: Sequence[float] = SHARES,
 ) -> dict[str, dict[tuple[int, float], float]]:
     keys = sorted({m.profile_key for m in models})
-    return {
-        k: solo_latencies(predictor, k, batch_grid(profiles[k].batches), shares) for k in keys
-    }
+    return {k: solo_latencies(predictor, k, batch_grid(profiles[k].batches), shares) for k in keys}
 
 
 def replicated_candidates(
