@@ -171,7 +171,7 @@ class Forwarder:
                 code = exc.code()
                 finish = predicted_finish_s(exc.trailing_metadata())
                 if finish is not None:  # an admission refusal (busy or deadline too short)
-                    self.marks.refused(route.instance_id, shape, sent_at + finish)
+                    self.marks.refused(route.instance_id, shape, sent_at + finish, sent_at)
                 if code not in RETRY_CODES:
                     raise self._passed_on(exc, spec, route, deadline) from None
                 last[code] = exc

@@ -39,14 +39,24 @@ class Shed:
         )
 
 
+# Marks kept per instance at most: a model fed many input shapes must not grow this forever.
+MAX_SHAPES = 64
+
+
 class BusyMarks:
     def __init__(self) -> None:
         # instance id -> input shapes -> clock time until which such a request cannot finish
         self._marks: dict[str, dict[Hashable, float]] = {}
 
-    def refused(self, instance_id: str, shape: Hashable, until: float) -> None:
+    def refused(self, instance_id: str, shape: Hashable, until: float, now: float) -> None:
         """The instance refused a request of `shape` that would have finished at `until`."""
-        self._marks.setdefault(instance_id, {})[shape] = until
+        marks = self._marks.setdefault(instance_id, {})
+        if len(marks) >= MAX_SHAPES:  # many shapes (sequence lengths): drop what expired
+            for stale in [s for s, t in marks.items() if t <= now]:
+                del marks[stale]
+            if len(marks) >= MAX_SHAPES:
+                marks.pop(next(iter(marks)))  # the oldest mark
+        marks[shape] = until
 
     def answered(self, instance_id: str) -> None:
         """The instance completed a request: whatever it predicted before is stale."""

@@ -14,7 +14,7 @@ from services.controller.routing import build_routes, max_outstanding
 from services.dispatcher.errors import RequestError
 from services.dispatcher.forwarder import FINISH_NS_KEY, Forwarder, predicted_finish_s
 from services.dispatcher.router import Balancer
-from services.dispatcher.shedding import BusyMarks
+from services.dispatcher.shedding import MAX_SHAPES, BusyMarks
 from tests.unit.test_dispatcher_forwarder import Clock, FakePool
 
 SPEC = common_pb2.ModelSpec(name="m", version="1", slo_ms=1000)
@@ -41,7 +41,7 @@ def _refusal(code: grpc.StatusCode, finish_ms: float | None) -> grpc.aio.AioRpcE
 def test_a_mark_refuses_earlier_deadlines_of_the_same_shape_until_it_expires() -> None:
     marks = BusyMarks()
     assert marks.check("a", SHAPE, deadline=1.0, now=0.0) is None
-    marks.refused("a", SHAPE, until=0.8)
+    marks.refused("a", SHAPE, until=0.8, now=0.0)
     shed = marks.check("a", SHAPE, deadline=0.5, now=0.1)
     assert shed is not None and shed.instance_id == "a" and shed.until == 0.8
     assert "cannot finish such a request for another 700.0 ms" in shed.reason(0.1)
@@ -54,12 +54,25 @@ def test_a_mark_refuses_earlier_deadlines_of_the_same_shape_until_it_expires() -
 
 def test_an_answered_request_clears_the_instance_marks() -> None:
     marks = BusyMarks()
-    marks.refused("a", SHAPE, until=5.0)
-    marks.refused("a", OTHER_SHAPE, until=5.0)
-    marks.refused("b", SHAPE, until=5.0)
+    marks.refused("a", SHAPE, until=5.0, now=0.0)
+    marks.refused("a", OTHER_SHAPE, until=5.0, now=0.0)
+    marks.refused("b", SHAPE, until=5.0, now=0.0)
     marks.answered("a")
     assert marks.check("a", SHAPE, deadline=1.0, now=0.0) is None
     assert marks.check("b", SHAPE, deadline=1.0, now=0.0) is not None
+
+
+def test_marks_per_instance_are_bounded() -> None:
+    marks = BusyMarks()
+    for seq in range(MAX_SHAPES):
+        marks.refused("a", ("x", seq), until=1.0 + seq, now=0.0)
+    marks.refused("a", ("x", "new"), until=9.0, now=2.5)  # drops the 2 expired ones
+    assert len(marks) == MAX_SHAPES - 1
+    assert marks.check("a", ("x", 5), deadline=0.0, now=2.5) is not None  # kept
+    for seq in range(100):
+        marks.refused("a", ("y", seq), until=100.0, now=2.5)
+    assert len(marks) == MAX_SHAPES  # the oldest marks made room
+    assert marks.check("a", ("y", 99), deadline=0.0, now=3.0) is not None
 
 
 def test_predicted_finish_is_read_from_trailing_metadata() -> None:
