@@ -38,7 +38,8 @@ def evaluate(
 ) -> Evaluation:
     name = backend or DEFAULT_BACKEND.get(dataset, "")
     train = datasets.load(dataset, train_dir)
-    test = datasets.load(dataset, test_dir)
+    # Profile files missing from --test (solo tables, coefficients) come from --train.
+    test = datasets.load(dataset, test_dir, train.queries.profiles)
     model = make_backend(name)
     model.fit(train)
     # Only the queries go in: the measured targets stay here for scoring.

@@ -16,19 +16,21 @@ from services.predictor.datasets.base import (
     Samples,
 )
 
-LOADERS: dict[str, Callable[[Path], Samples]] = {
+LOADERS: dict[str, Callable[[Path, object], Samples]] = {
     DEINFER_RTX3080: deinfer_rtx3080.load,
     IGNITER_V100: igniter_v100.load,
     RAPP_V100: rapp_v100.load,
 }
 
 
-def load(dataset: str, folder: Path) -> Samples:
+def load(dataset: str, folder: Path, fallback: object = None) -> Samples:
+    """Load a data folder; `fallback` (another folder's `Queries.profiles`) fills in profile
+    files this folder lacks, e.g. a test folder holding only co-location rows."""
     if dataset not in LOADERS:
         raise DatasetError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder")
-    return LOADERS[dataset](folder)
+    return LOADERS[dataset](folder, fallback)
 
 
 __all__ = [

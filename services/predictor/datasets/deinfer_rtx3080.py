@@ -80,7 +80,7 @@ def load_static(folder: Path) -> dict[str, tuple[StaticRow, ...]]:
     return {name: tuple(sorted(items, key=lambda r: r.batch)) for name, items in rows.items()}
 
 
-def load(folder: Path) -> Samples:
+def load(folder: Path, fallback: object = None) -> Samples:
     path = folder / TABLE
     if not path.exists():
         raise DatasetError(f"{folder}: {TABLE} not found")
@@ -105,11 +105,14 @@ def load(folder: Path) -> Samples:
     columns: dict[str, FloatArray] = {
         name: np.asarray(items, dtype=np.float64) for name, items in values.items()
     }
+    static = load_static(folder)
+    if isinstance(fallback, DeinferProfiles):
+        static = {**fallback.static, **static}
     queries = Queries(
         DEINFER_RTX3080,
         np.asarray(models, dtype=np.str_),
         np.asarray(corunners, dtype=np.str_),
         columns,
-        DeinferProfiles(load_static(folder)),
+        DeinferProfiles(static),
     )
     return Samples(queries, np.asarray(target, dtype=np.float64))

@@ -58,7 +58,9 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
     return objects
 
 
-def load_profiles(folder: Path) -> tuple[IgniterProfiles, list[list[Any]]]:
+def load_profiles(
+    folder: Path, fallback: IgniterProfiles | None = None
+) -> tuple[IgniterProfiles, list[list[Any]]]:
     path = folder / PROFILE
     if not path.exists():
         raise DatasetError(f"{folder}: {PROFILE} not found")
@@ -81,11 +83,17 @@ def load_profiles(folder: Path) -> tuple[IgniterProfiles, list[list[Any]]]:
         for obj in _parse_lines(config_path):
             for kind, metrics in obj.items():
                 config.setdefault(kind, {}).update(metrics)
+    if fallback is not None:
+        # A folder with only co-location rows borrows the solo tables and coefficients of
+        # models it does not describe itself (e.g. a test folder next to its training one).
+        solo = {**fallback.solo, **solo}
+        config = {**fallback.config, **config}
     return IgniterProfiles(solo, config), rows
 
 
-def load(folder: Path) -> Samples:
-    profiles, rows = load_profiles(folder)
+def load(folder: Path, fallback: object = None) -> Samples:
+    borrowed = fallback if isinstance(fallback, IgniterProfiles) else None
+    profiles, rows = load_profiles(folder, borrowed)
     if not rows:
         raise DatasetError(f"{folder / PROFILE}: no co-location rows")
     models: list[str] = []

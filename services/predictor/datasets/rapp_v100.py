@@ -78,7 +78,8 @@ def anchor_name(anchor: tuple[int, int, int]) -> str:
     return f"anchor_b{batch}_sm{sm}_q{quota}"
 
 
-def load(folder: Path) -> Samples:
+def load(folder: Path, fallback: object = None) -> Samples:
+    """`fallback` is unused: a RaPP model's only profile is its own anchor rows."""
     if (folder / FLAT).exists():
         rows = _rows_from_csv(folder / FLAT)
     elif (folder / GRAPH_DIR).is_dir():
