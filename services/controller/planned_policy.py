@@ -12,6 +12,7 @@ fall back to the first-fit policy, so a new model is served before it is profile
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from services.common.store import Store
 from services.controller.planning.predictor import ProfilePredictor
 from services.controller.planning.profiles import ProfileSet, SoloProfile
 from services.controller.planning.registry import make_policy
-from services.controller.planning.types import Device, ModelDemand
+from services.controller.planning.types import Device, ModelDemand, Plan, PlannedInstance
 from services.controller.policy import (
     FirstFitPolicy,
     InstanceIdFactory,
@@ -144,7 +145,29 @@ class PlannedPlacement:
         demands = [ModelDemand(s.name, s.slo_ms) for s in specs]
         rates = {s.name: max(self.rates.get(s.name, 0.0), IDLE_RATE) for s in specs}
         devices = [Device(w.worker_id, UNLIMITED_MB, kind) for w in workers]
-        plan = policy.plan(demands, rates, profiles, ProfilePredictor(profiles), devices)
+        predictor = ProfilePredictor(profiles)
+        running = Plan(
+            policy=self.policy_name,
+            instances=[
+                PlannedInstance(
+                    model=i.model,
+                    device_id=i.worker_id,
+                    batch=i.max_batch_size,
+                    share=i.share,
+                    max_delay_ms=i.max_delay_ms,
+                    rate=i.planned_throughput,
+                    predicted_p99_ms=0.0,
+                )
+                for i in (current.instances if current else [])
+                if i.model in rates
+            ],
+        )
+        if "previous" in inspect.signature(policy.plan).parameters:
+            plan = policy.plan(  # type: ignore[call-arg]
+                demands, rates, profiles, predictor, devices, previous=running
+            )
+        else:
+            plan = policy.plan(demands, rates, profiles, predictor, devices)
         for name, why in plan.unplaced.items():
             log.warning("model not placed", extra={"model": name, "reason": why})
         existing = {

@@ -135,3 +135,27 @@ def test_placement_follows_the_predicted_interference(
     hostile = make_policy("deinfer").plan(models, rates, profiles, Hostile(predictor), devices(8))
     assert len(calm.devices_used) == 1
     assert len(hostile.devices_used) == 4  # nobody tolerates a 2x slowdown: one per GPU
+
+
+def test_a_replan_keeps_what_still_fits(profiles: ProfileSet, predictor: ProfilePredictor) -> None:
+    from services.controller.planning.deinfer_policy import DeinferPolicy
+
+    devs = devices(8)
+    policy = DeinferPolicy()
+    first = policy.plan(README, README_RATES, profiles, predictor, devs)
+
+    def layout(plan: Plan) -> set[tuple[str, str, int, float]]:
+        return {(i.model, i.device_id, i.batch, i.share) for i in plan.instances}
+
+    same = policy.plan(README, README_RATES, profiles, predictor, devs, previous=first)
+    assert layout(same) == layout(first)
+    kept = fresh = 0
+    slo = {m.name: m.slo_ms for m in README}
+    for factor in (0.9, 1.03, 1.05, 1.2, 3.0):
+        rates = {m: r * factor for m, r in README_RATES.items()}
+        sticky = policy.plan(README, rates, profiles, predictor, devs, previous=first)
+        scratch = policy.plan(README, rates, profiles, predictor, devs)
+        kept += len(layout(sticky) & layout(first))
+        fresh += len(layout(scratch) & layout(first))
+        assert all(i.predicted_p99_ms <= slo[i.model] for i in sticky.instances)
+    assert kept > fresh  # fewer instances move than when planning from scratch

@@ -78,12 +78,15 @@ def candidates_for(
     solo: dict[str, dict[tuple[int, float], float]],
     safety: float = 0.0,
     shares: Sequence[float] = SHARES,
+    running: Sequence[set[tuple[int, float]]] | None = None,
 ) -> list[list[Candidate]]:
     """Feasible candidates of each demand for one instance carrying its instance rate: per
     share, the one tolerating most interference; cheapest share first (one vectorised
     evaluation for all demands).
 
-    `solo`: per profile key, solo_latencies(); `safety`: fraction of the SLO kept free.
+    `solo`: per profile key, solo_latencies(); `safety`: fraction of the SLO kept free;
+    `running`: per demand, (batch, share) configurations that run now: evaluated and kept
+    whenever feasible, so that a re-plan can leave them alone.
     """
     owners, batches, share_parts, s1s, sbs, rates, slos, cvs = [], [], [], [], [], [], [], []
     by_profile: dict[str, list[int]] = {}
@@ -117,6 +120,13 @@ def candidates_for(
         any_ok = ok3.any(axis=1)
         cheap_shares = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
         ok = (ok3 & best_batches & cheap_shares[:, None, :]).reshape(len(members), -1)
+        if running is not None:
+            where = {g: j for j, g in enumerate(grid)}
+            for row, k in enumerate(members):
+                for config in running[k]:
+                    j = where.get((config[0], round(config[1], 3)))
+                    if j is not None:
+                        ok[row, j] = True
         rows, cols = np.nonzero(ok)
         owners.append(idx[rows])
         batches.append(gb[cols])
@@ -139,6 +149,10 @@ def candidates_for(
     # One option per (model, share): the first in that order tolerates the most.
     first = np.ones(len(order), dtype=bool)
     first[1:] = (owner[order][1:] != owner[order][:-1]) | (share[order][1:] != share[order][:-1])
+    if running is not None:  # running configurations are kept beside the best of their share
+        for pos, i in enumerate(order.tolist()):
+            if (int(b[i]), round(float(share[i]), 3)) in running[int(owner[i])]:
+                first[pos] = True
     out: list[list[Candidate]] = [[] for _ in demands]
     chosen = order[first]
     memory = {key: profiles[key] for key in by_profile}

@@ -31,6 +31,9 @@ from services.controller.planning.queueing import batched_latency
 from services.controller.planning.types import Device, ModelDemand, Plan, PlannedInstance
 
 MAX_REPLICAS = 256
+# A running configuration is kept while its share exceeds the cheapest feasible one by at
+# most this much: stability on small changes, shrinking when the rate fell a lot.
+KEEP_SLACK = 0.1
 
 
 def solo_tables(
@@ -51,6 +54,7 @@ def replicated_candidates(
     headroom: float,
     safety: float,
     shares: Sequence[float] = SHARES,
+    running: Mapping[str, list[tuple[int, float]]] | None = None,
 ) -> tuple[dict[str, tuple[int, list[Candidate]]], dict[str, str]]:
     """Per model: (replicas, candidates for one replica), fewest replicas first."""
     result: dict[str, tuple[int, list[Candidate]]] = {}
@@ -67,7 +71,14 @@ def replicated_candidates(
         names = sorted(pending)
         demands = [by_name[n] for n in names]
         rate_each = [max(rates.get(n, 0.0), 1e-6) * (1 + headroom) / pending[n] for n in names]
-        found = candidates_for(demands, rate_each, profiles, solo, safety, shares)
+        # Running configurations count only at the replica count they run with.
+        keep = [
+            {(b, round(s, 3)) for b, s in (running or {}).get(n, [])}
+            if len((running or {}).get(n, [])) == pending[n]
+            else set()
+            for n in names
+        ]
+        found = candidates_for(demands, rate_each, profiles, solo, safety, shares, keep)
         for name, cands in zip(names, found, strict=True):
             k = pending.pop(name)
             if cands:
@@ -84,16 +95,21 @@ def pack(
     devices: Sequence[Device],
     predictor: LatencyPredictor,
     max_tries: int = 8,
+    gpus: list[Gpu] | None = None,
 ) -> tuple[list[Gpu], dict[str, str]]:
-    """First-fit decreasing with interference checks; returns the used GPUs and misfits."""
+    """First-fit decreasing with interference checks onto `gpus` (already open, e.g. the
+    kept part of the running plan) and fresh devices; returns the used GPUs and misfits."""
     residents = sorted(residents, key=lambda r: (-r.candidate.share, r.demand.name))
-    free = list(devices)
-    gpus: list[Gpu] = []
+    gpus = list(gpus or [])
+    taken = {g.device.device_id for g in gpus}
+    free = [d for d in devices if d.device_id not in taken]
     unplaced: dict[str, str] = {}
     # Share, memory and capacity of the open GPUs as arrays: the fit test is vectorised.
-    share = np.zeros(len(devices))
-    memory = np.zeros(len(devices))
-    capacity = np.zeros(len(devices))
+    share = np.zeros(len(devices) + len(gpus))
+    memory = np.zeros_like(share)
+    capacity = np.zeros_like(share)
+    for i, g in enumerate(gpus):
+        share[i], memory[i], capacity[i] = g.share, g.memory_mb, g.device.memory_mb
     for r in residents:
         need = r.candidate
         n = len(gpus)
@@ -116,6 +132,53 @@ def pack(
             capacity[n] = fresh.memory_mb
         share[placed], memory[placed] = gpus[placed].share, gpus[placed].memory_mb
     return gpus, unplaced
+
+
+def keep_running(
+    residents: list[Resident],
+    previous: Plan,
+    devices: Sequence[Device],
+    predictor: LatencyPredictor,
+) -> tuple[list[Gpu], list[Resident]]:
+    """Seat residents where the running plan has them, with its (batch, share), when that
+    option is still feasible, not much more than the cheapest (KEEP_SLACK), and the GPU
+    still has them all within their SLOs: a re-plan then only changes what must change.
+    Returns those GPUs and the residents left over."""
+    by_id = {d.device_id: d for d in devices}
+    running: dict[str, list[tuple[str, int, float]]] = {}
+    for inst in previous.instances:
+        running.setdefault(inst.model, []).append((inst.device_id, inst.batch, inst.share))
+    replicas: dict[str, int] = {}
+    for r in residents:
+        replicas[r.demand.name] = replicas.get(r.demand.name, 0) + 1
+    gpus: dict[str, Gpu] = {}
+    rest: list[Resident] = []
+    for r in sorted(residents, key=lambda r: (-r.candidate.share, r.demand.name)):
+        seats = running.get(r.demand.name, [])
+        if len(seats) != replicas[r.demand.name] or not seats:
+            rest.append(r)
+            continue
+        device, batch, share = seats.pop()
+        option = next(
+            (
+                j
+                for j, c in enumerate(r.options)
+                if c.batch == batch and abs(c.share - share) < 1e-9
+            ),
+            None,
+        )
+        wasteful = option is not None and r.options[option].share > r.options[0].share + KEEP_SLACK
+        if option is None or wasteful or device not in by_id:
+            rest.append(r)
+            continue
+        r.choice = option
+        gpu = gpus.get(device)
+        if gpu is None:
+            gpus[device] = Gpu(by_id[device], [r])
+        elif not (gpu.fits(r.candidate) and try_colocate(gpu, r, predictor, raise_rounds=0)):
+            r.choice = 0
+            rest.append(r)
+    return list(gpus.values()), rest
 
 
 def to_plan(name: str, gpus: list[Gpu], unplaced: dict[str, str]) -> Plan:
@@ -162,10 +225,15 @@ class DeinferPolicy:
         profiles: ProfileSet,
         predictor: LatencyPredictor,
         devices: Sequence[Device],
+        previous: Plan | None = None,
     ) -> Plan:
+        """`previous`: the running plan; what of it still meets the SLOs stays as it is."""
         solo = solo_tables(models, profiles, predictor, self.shares)
+        running: dict[str, list[tuple[int, float]]] = {}
+        for inst in previous.instances if previous else []:
+            running.setdefault(inst.model, []).append((inst.batch, inst.share))
         chosen, failed = replicated_candidates(
-            models, rates, profiles, solo, self.headroom, self.safety, self.shares
+            models, rates, profiles, solo, self.headroom, self.safety, self.shares, running
         )
         residents = [
             Resident(m, rates.get(m.name, 0.0) / chosen[m.name][0], chosen[m.name][1])
@@ -173,5 +241,8 @@ class DeinferPolicy:
             if m.name in chosen
             for _ in range(chosen[m.name][0])
         ]
-        gpus, unplaced = pack(residents, devices, predictor, self.max_tries)
+        kept: list[Gpu] = []
+        if previous is not None:
+            kept, residents = keep_running(residents, previous, devices, predictor)
+        gpus, unplaced = pack(residents, devices, predictor, self.max_tries, kept)
         return to_plan(self.name, gpus, {**failed, **unplaced})

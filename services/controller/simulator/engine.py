@@ -17,6 +17,7 @@ truth.py next to the co-runners of its GPU.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -153,13 +154,23 @@ def run_policy(
     pool = [d.device_id for d in devices]
     plan_times: list[float] = []
 
+    # Policies that take the running plan (`previous`) keep what of it still fits.
+    incremental = "previous" in inspect.signature(policy.plan).parameters
+    running: list[Plan] = []
+
     def plan_for(rates: dict[str, float]) -> Plan:
         t0 = time.perf_counter()
-        plan = policy.plan(models, rates, profiles, predictor, devices)
+        if incremental and running:
+            plan = policy.plan(  # type: ignore[call-arg]
+                models, rates, profiles, predictor, devices, previous=running[-1]
+            )
+        else:
+            plan = policy.plan(models, rates, profiles, predictor, devices)
         plan_times.append((time.perf_counter() - t0) * 1e3)
         return plan
 
     first = plan_for({m.name: m.schedule.at(0.0) for m in scenario.models})
+    running.append(first)
     epochs = [_Epoch(first, _relabel(first, [], pool), 0.0, 0.0)]
 
     # Rate detection and re-planning, window by window.
@@ -194,6 +205,7 @@ def run_policy(
             ready = t + (scenario.load_s if new else 0.0)
             if ready < scenario.duration_s:
                 epochs.append(_Epoch(plan, keys, t, ready))
+                running.append(plan)
 
     # Route every request to an instance of the epoch serving at its arrival.
     bounds = [e.serving_from for e in epochs] + [np.inf]
