@@ -40,7 +40,7 @@ SHAPE = (1, 3, 32, 32)
 REQUEST_TIMEOUT_S = 2.0
 # Stated bounds, checked below.
 RESUME_BOUND_S = 5.0  # worker killed: successes continue; no gap without one longer than this
-REPLACE_BOUND_S = 20.0  # worker killed: the plan holds only the survivor within this
+REPLACE_BOUND_S = 25.0  # worker killed: the plan holds only the survivor within this
 REDIS_RESUME_BOUND_S = 10.0  # Redis restarted: successes again within this after it is back
 
 
