@@ -3,7 +3,8 @@
 Admission (docs/internals.md, request path point 3): a request is refused at once with
 DEADLINE_EXCEEDED when even an idle instance could not run it before its deadline, and with
 RESOURCE_EXHAUSTED when the queue is full or the work ahead of it (the running batch, every
-queued batch and its own) is predicted to end after its deadline. Predictions use the batch
+queued batch and its own) is predicted to end after its deadline (also when the deadline is
+shorter than one batch but other work is ahead of it). Predictions use the batch
 time in a slow case (the estimator's tail), so that what is admitted finishes in time even
 when batches run slower than on average; a refusal says when the request would have finished,
 which lets the dispatcher refuse similar requests itself until then.
@@ -106,12 +107,15 @@ class RequestQueue(Generic[T]):
         slower now (a burst competing for the CPU): the work queued behind it will be too."""
         left = request.deadline - now
         slow = max(self.estimator.tail_factor, slowdown)
-        # Too short: even an average batch would not fit (the request's own doing). A deadline
-        # that only the slow case misses is the instance's current state: RESOURCE_EXHAUSTED.
+        # Too short: even an average batch on an idle instance would not fit (the request's
+        # own doing). When work is ahead of it, or only the slow case misses, the reason is the
+        # instance's load (under a burst, a request reaches the worker late because of it):
+        # RESOURCE_EXHAUSTED below.
         alone = self.estimator.estimate(request.elements)
         finish = busy_s + self.predicted_work(request) * slow
         probe = left < alone * slow and self._probe(now, busy_s)
-        if left < alone and not probe:
+        idle = busy_s == 0.0 and not self._items
+        if left < alone and idle and not probe:
             return Refusal(
                 Rejection.DEADLINE_TOO_SHORT,
                 f"deadline in {_ms(left)} is shorter than one batch of {request.rows} "

@@ -105,6 +105,17 @@ def test_too_short_only_when_even_the_mean_batch_misses() -> None:
     assert busy is not None and busy.reason is Rejection.DEADLINE_UNREACHABLE
 
 
+def test_too_short_with_work_ahead_is_a_refusal_for_load() -> None:
+    q = RequestQueue[str](64, 1, measured(r1=0.100))
+    # A request that reaches a busy worker late (it waited in a burst) is refused for load.
+    running = q.admit(request(deadline=0.05), now=0.0, busy_s=0.08)
+    assert running is not None and running.reason is Rejection.DEADLINE_UNREACHABLE
+    assert q.admit(request(deadline=1.0), now=0.0, busy_s=0.0) is None
+    queued = q.admit(request(deadline=0.05), now=0.0, busy_s=0.0)
+    assert queued is not None and queued.reason is Rejection.DEADLINE_UNREACHABLE
+    assert queued.finish_s == pytest.approx(0.2)
+
+
 def test_queue_full_says_when_the_request_would_have_finished() -> None:
     q = RequestQueue[str](1, 1, measured(r1=0.010))
     assert q.admit(request(), now=0.0, busy_s=0.005) is None

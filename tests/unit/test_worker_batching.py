@@ -142,11 +142,12 @@ def test_idle_instance_with_a_stale_estimate_lets_one_probe_through() -> None:
     late = PROBE_AFTER_S + 0.1
     assert q.admit(request(deadline=late + 0.01), now=late, busy_s=0.0) is None
     assert q.pop_expired(now=late) == []  # a stale estimate does not drop the probe either
+    # No second probe; with work ahead the refusal is for load (RESOURCE_EXHAUSTED).
     refusal = q.admit(request(deadline=late + 0.01), now=late, busy_s=0.0)
-    assert refusal is not None and refusal.reason is Rejection.DEADLINE_TOO_SHORT
+    assert refusal is not None and refusal.reason is Rejection.DEADLINE_UNREACHABLE
     q.pop_all()
     busy = q.admit(request(deadline=late + 0.01), now=late, busy_s=0.02)
-    assert busy is not None and busy.reason is Rejection.DEADLINE_TOO_SHORT
+    assert busy is not None and busy.reason is Rejection.DEADLINE_UNREACHABLE
 
 
 def test_predicted_finish_after_deadline_is_resource_exhausted() -> None:
