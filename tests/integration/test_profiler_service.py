@@ -348,3 +348,20 @@ def test_local_stack_profiler_reads_the_controllers_registry(tmp_path: Path, zoo
         assert [(r["model"], r["batch"]) for r in exported] == [("tiny_cnn", "1")]
     finally:
         stack.stop()
+
+
+def test_cancelled_stream_frees_the_profiler(profiler: Profiler, channel: grpc.Channel) -> None:
+    """A client that goes away mid-job: its measuring process ends and the next job runs."""
+    stub = profiler.stub(channel)
+    long = profiler_pb2.ProfileModelRequest(
+        model="tiny_bert", batch_sizes=[8], shares=[0.5], runs=10_000, sequence_length=128
+    )
+    call = stub.ProfileModel(long, timeout=120)
+    first = next(call)
+    assert first.fraction == 0.0
+    call.cancel()
+    ok = profiler_pb2.ProfileModelRequest(model="tiny_cnn", batch_sizes=[1], shares=[1.0], runs=2)
+    messages = list(stub.ProfileModel(ok, timeout=60))
+    # No "waiting for another profiling job" message: the cancelled job let go at once.
+    assert not any("waiting" in m.message for m in messages)
+    assert messages[-1].profile.points[0].runs == 2
