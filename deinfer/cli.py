@@ -5,6 +5,8 @@
       models list | models remove NAME [--version V]
       status | plan
       up [--workers N] [--no-examples] [--port P] [--state-dir DIR] [--redis-url URL]
+      profile MODEL [--batches B,B] [--shares S,S] [--runs N] [--csv OUT] [--profiler H:P]
+      profile colocate A[:BATCH[:SHARE]] B[...] [C[...]] [--runs N] [--csv OUT]
       zoo list | zoo build NAME --out DIR
 
 Exit codes: 0 success, 1 an error (printed as `error: <CODE>: <message>`), 2 bad usage.
