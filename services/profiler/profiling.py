@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import time
@@ -39,6 +40,8 @@ from services.profiler.requests import (
 )
 from services.profiler.shares import assign_cores, threads_for_share
 from services.profiler.stats import overlap_window, runs_inside, slowdown, summarize
+
+log = logging.getLogger(__name__)
 
 CPU = "cpu"
 EXPORT_FILE = "profiles.csv"
@@ -198,9 +201,13 @@ class Profiler:
         )
 
     async def _export(self, device_type: str, rows: list[profile_csv.Row]) -> None:
+        """Append to the CSV export; Redis already holds the result, so a failure only logs."""
         if self.export_dir is not None and rows:
             target = self.export_dir / device_type / EXPORT_FILE
-            await asyncio.to_thread(profile_csv.write_rows, target, rows, True)
+            try:
+                await asyncio.to_thread(profile_csv.write_rows, target, rows, True)
+            except (OSError, ValueError) as exc:
+                log.warning("CSV export failed", extra={"path": str(target), "error": str(exc)})
 
     # --- ProfileModel ---------------------------------------------------------------------
 
