@@ -51,6 +51,19 @@ COLUMNS: list[tuple[str, str]] = [
     ("depth", "nodes on the longest path of the graph"),
     ("measured_at", "unix time of the measurement, s"),
 ]
+# Hardware counters (Nsight Compute) of a solo point's batch, added later: they come last, so a
+# file written before them keeps a valid header (`LEGACY_FIELDS`). Empty when not measured.
+HW_COLUMNS: list[tuple[str, str]] = [
+    ("kernel_num", "GPU kernels launched by one inference at this batch"),
+    ("mean_gpu_time_duration", "mean kernel duration, us"),
+    ("mean_l2_hit_rate", "kernel-time weighted L2 hit rate, %"),
+    ("mean_l2_utilization", "kernel-time weighted L2 throughput, % of peak"),
+    ("mean_sm_efficiency", "kernel-time weighted SM throughput, % of peak"),
+    ("mean_dram_utilization", "kernel-time weighted DRAM throughput, % of peak"),
+]
+LEGACY_FIELDS = [name for name, _ in COLUMNS]
+HW_FIELDS = [name for name, _ in HW_COLUMNS]
+COLUMNS += HW_COLUMNS
 FIELDS = [name for name, _ in COLUMNS]
 
 Row = dict[str, object]
@@ -112,9 +125,24 @@ def solo_rows(profile: profiler_pb2.ModelProfile) -> list[Row]:
                 "slowdown": 0.0,
                 **_static(profile.static_features),
                 "measured_at": profile.measured_at,
+                **_hw_counters(profile, point.batch),
             }
         )
     return rows
+
+
+def hw_counter_key(column: str, batch: int) -> str:
+    """The `ModelProfile.hw_counters` key of one counter at one batch size."""
+    return f"{column}@b{batch}"
+
+
+def _hw_counters(profile: profiler_pb2.ModelProfile, batch: int) -> Row:
+    row: Row = {}
+    for name in HW_FIELDS:
+        value = profile.hw_counters.get(hw_counter_key(name, batch))
+        # The map holds doubles; a kernel count is written as the integer it is.
+        row[name] = "" if value is None else int(value) if name == "kernel_num" else value
+    return row
 
 
 def colocation_rows(row: profiler_pb2.ColocationRow) -> list[Row]:
@@ -154,6 +182,7 @@ def colocation_rows(row: profiler_pb2.ColocationRow) -> list[Row]:
                 "slowdown": row.slowdown[i],
                 **_static(statics[i]),
                 "measured_at": row.measured_at,
+                **dict.fromkeys(HW_FIELDS, ""),
             }
         )
     return out
@@ -165,17 +194,23 @@ def _cell(value: object) -> object:
 
 
 def write_rows(path: str | Path, rows: Sequence[Row], append: bool = False) -> Path:
-    """Write (or append to) a CSV with the header; appending checks the header matches."""
+    """Write (or append to) a CSV with the header; appending checks the header matches.
+
+    A file written before the hardware-counter columns (`LEGACY_FIELDS`) is appended to in
+    its own columns: the rows lose their counters there (Redis still holds them).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     exists = append and path.exists() and path.stat().st_size > 0
+    fields = FIELDS
     if exists:
         with path.open(newline="") as existing:
             header = next(csv.reader(existing), [])
-        if header != FIELDS:
+        if header not in (FIELDS, LEGACY_FIELDS):
             raise ValueError(f"{path} has other columns than the profile schema; not appending")
+        fields = header
     with path.open("a" if exists else "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=FIELDS)
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         if not exists:
             writer.writeheader()
         for row in rows:
@@ -184,9 +219,12 @@ def write_rows(path: str | Path, rows: Sequence[Row], append: bool = False) -> P
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """Rows as strings, keyed by column; raises ValueError when the header is not the schema."""
+    """Rows as strings, keyed by every column of `FIELDS`; raises ValueError when the header
+    is not the schema. Files without the hardware-counter columns read with them empty."""
     with Path(path).open(newline="") as src:
         reader = csv.DictReader(src)
-        if reader.fieldnames != FIELDS:
-            raise ValueError(f"{path} does not have the profile schema's columns")
-        return list(reader)
+        if reader.fieldnames == FIELDS:
+            return list(reader)
+        if reader.fieldnames == LEGACY_FIELDS:
+            return [{**row, **dict.fromkeys(HW_FIELDS, "")} for row in reader]
+        raise ValueError(f"{path} does not have the profile schema's columns")

@@ -36,6 +36,7 @@ def build_profiler(settings: ProfilerSettings, store: Store) -> Profiler:
         default_threads=settings.profiler_cpu_threads,
         job_timeout_s=settings.profiler_job_timeout_s,
         export_dir=export,
+        counter_mode=settings.profiler_hw_counters,
     )
 
 

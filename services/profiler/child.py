@@ -4,6 +4,7 @@ It pins itself to its cores, opens the model with ONNX Runtime at its thread cou
 times `session.run` on synthetic inputs. JSON lines in both directions:
 
 stdin:  one job (`Job` fields), then for `mode` "colocated" the lines "go", "from T", "stop".
+        A solo job may come as `--job JSON` instead (a run under Nsight Compute, no stdin).
 stdout: {"event": "loaded"}; then
   mode "solo": {"event": "point", "batch": B, "times_ms": [...]} per batch;
   mode "colocated": {"event": "ready"} after warm-up; after "go" it says
@@ -134,10 +135,11 @@ def run_colocated(job: Job, session: Any, commands: TextIO, out: TextIO) -> None
     _say(out, event="runs", intervals=intervals)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     out = sys.stdout
     try:
-        job = Job(**json.loads(sys.stdin.readline()))
+        given = argv[1] if len(argv) == 2 and argv[0] == "--job" else sys.stdin.readline()
+        job = Job(**json.loads(given))
         os.sched_setaffinity(0, job.cores)
         session = open_session(job)
         _say(out, event="loaded")
@@ -155,4 +157,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

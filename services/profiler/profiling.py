@@ -25,6 +25,7 @@ from deinfer import profile_csv
 from deinfer.protos.v1 import common_pb2, profiler_pb2
 from services.common.onnx_graph import GraphFeatures, graph_features
 from services.common.store import Store
+from services.profiler import hw_counters
 from services.profiler.child import Job
 from services.profiler.errors import (
     deadline_exceeded,
@@ -33,6 +34,7 @@ from services.profiler.errors import (
     not_found,
 )
 from services.profiler.measure import MeasureError, colocated_runs, solo_points
+from services.profiler.ncu_features import NcuError, find_ncu
 from services.profiler.requests import (
     Limits,
     check_colocation_request,
@@ -124,6 +126,7 @@ class Profiler:
         default_threads: int,
         job_timeout_s: float,
         export_dir: Path | None = None,
+        counter_mode: str = hw_counters.AUTO,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -131,6 +134,7 @@ class Profiler:
         self.default_threads = default_threads
         self.job_timeout_s = job_timeout_s
         self.export_dir = export_dir
+        self.counter_mode = counter_mode
         self._lock = asyncio.Lock()
         self._features: dict[tuple[str, int], GraphFeatures] = {}
 
@@ -222,8 +226,9 @@ class Profiler:
                 f"only batch size 1 can be profiled, got {plan.batches}"
             )
         device = await self.device(request.worker_id)
+        ncu, no_counters = hw_counters.ncu_for(self.counter_mode, find_ncu())
         label = f"{spec.name}/{spec.version}"
-        steps = len(plan.batches) * len(plan.shares) + 1
+        steps = len(plan.batches) * (len(plan.shares) + (ncu is not None)) + 1
         acquired = False
         try:
             if self._lock.locked():
@@ -235,6 +240,8 @@ class Profiler:
                 f"profiling {label} on {device.device_type} ({device.threads} threads): "
                 f"batches {plan.batches} x shares {plan.shares}, {plan.runs} runs each",
             )
+            if ncu is None:
+                yield _progress(0.0, no_counters)
             features = await self.features(path, plan.sequence_length)
             done = 1
             yield _progress(
@@ -269,6 +276,35 @@ class Profiler:
                             f"mean {measured.mean_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms",
                             point=measured,
                         )
+            counters: dict[str, float] = {}
+            if ncu is not None:
+                # One share is enough for counters of the batch: the plan's largest.
+                share = max(plan.shares)
+                threads = threads_for_share(share, device.threads)
+                cores = assign_cores([threads], device.cores)[0]
+                job = self._job(
+                    spec, path, threads, cores, plan.batches, 1, 0, plan.sequence_length, "solo"
+                )
+                for batch in plan.batches:
+                    try:
+                        read = await hw_counters.measure(
+                            hw_counters.counter_job(job, batch), ncu, self.job_timeout_s
+                        )
+                    except NcuError as exc:
+                        outcome = hw_counters.failure(self.counter_mode, label, batch, exc)
+                        if not isinstance(outcome, str):
+                            raise outcome from exc
+                        counters.clear()
+                        yield _progress(done / steps, outcome)
+                        break
+                    counters.update(hw_counters.counters(read, batch))
+                    done += 1
+                    yield _progress(
+                        done / steps,
+                        f"batch {batch} share {share:g} under ncu: {read.kernel_num} kernels, "
+                        f"mean {read.mean_gpu_time_duration:.2f} us, "
+                        f"SM {read.mean_sm_efficiency:.1f} %",
+                    )
             profile = profiler_pb2.ModelProfile(
                 model=spec.name,
                 version=spec.version,
@@ -279,6 +315,7 @@ class Profiler:
                 device_threads=device.threads,
                 sequence_length=plan.sequence_length,
                 measured_at=time.time(),
+                hw_counters=counters,
             )
             await self._store_profile(profile)
             await self._export(device.device_type, profile_csv.solo_rows(profile))
@@ -301,6 +338,8 @@ class Profiler:
         if stored is not None and stored.sequence_length == profile.sequence_length:
             del merged.points[:]
             merged.points.extend(merge_points(stored.points, profile.points))
+            merged.hw_counters.clear()  # as points: new batches' counters replace, others stay
+            merged.hw_counters.update({**stored.hw_counters, **profile.hw_counters})
         await self.store.put_profile(merged)
 
     # --- ProfileColocation ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field
 
@@ -36,6 +37,11 @@ class ProfilerSettings(CommonSettings):
     )
     profiler_export_dir: str = Field(
         default="", description="append every result to CSVs here ('' disables)"
+    )
+    profiler_hw_counters: Literal["auto", "off", "required"] = Field(
+        default="auto",
+        description="Nsight Compute counters in ProfileModel: when ncu is on PATH / never / "
+        "always (refuse without ncu)",
     )
 
     @property

@@ -4,6 +4,7 @@ registered tiny model: streamed progress, stored profiles, CSV export, exact err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -61,16 +62,17 @@ async def _register(redis_url: str, repository: Path, zoo: Path) -> None:
         await store.close()
 
 
-@pytest.fixture(scope="module")
-def profiler(
-    tmp_path_factory: pytest.TempPathFactory, zoo_dir: Path, redis_server_bin: str
+@contextlib.contextmanager
+def running_profiler(
+    tmp: Path, zoo_dir: Path, redis_server_bin: str, env: dict[str, str] | None = None
 ) -> Iterator[Profiler]:
-    tmp = tmp_path_factory.mktemp("profiler")
+    """A Redis with the two tiny models registered and a profiler process on it; `env` adds
+    to (or overrides) the process's environment."""
     redis, redis_url = start_redis(redis_server_bin, tmp)
     repository = tmp / "models"
     asyncio.run(_register(redis_url, repository, zoo_dir))
     port = free_port()
-    env = {
+    full_env = {
         **os.environ,
         "DEINFER_REDIS_URL": redis_url,
         "DEINFER_MODEL_REPOSITORY": str(repository),
@@ -79,8 +81,9 @@ def profiler(
         "DEINFER_PROFILER_METRICS_PORT": "0",
         "DEINFER_PROFILER_CPU_THREADS": "2",
         "DEINFER_PROFILER_EXPORT_DIR": str(tmp / "export"),
+        **(env or {}),
     }
-    child = spawn("profiler", [sys.executable, "-m", "services.profiler"], env, tmp / "log")
+    child = spawn("profiler", [sys.executable, "-m", "services.profiler"], full_env, tmp / "log")
     try:
         wait_healthy(child, f"127.0.0.1:{port}", 30.0)
         yield Profiler(f"127.0.0.1:{port}", redis_url, tmp / "export", repository)
@@ -88,6 +91,14 @@ def profiler(
         stop_group([child], 10.0)
         redis.terminate()
         redis.wait(5)
+
+
+@pytest.fixture(scope="module")
+def profiler(
+    tmp_path_factory: pytest.TempPathFactory, zoo_dir: Path, redis_server_bin: str
+) -> Iterator[Profiler]:
+    with running_profiler(tmp_path_factory.mktemp("profiler"), zoo_dir, redis_server_bin) as p:
+        yield p
 
 
 @pytest.fixture
