@@ -9,7 +9,7 @@ predicted slowdowns with these tolerances.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -27,8 +27,7 @@ FILL_QUANTILE = 0.9  # the max delay lets 90 % of batches fill ...
 DELAY_SLO_FRACTION = 0.15  # ... but never exceeds this fraction of the SLO
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: thousands are built per plan, cheaply
     batch: int
     share: float
     max_delay_s: float
@@ -120,7 +119,7 @@ def candidates_for(
         any_ok = ok3.any(axis=1)
         cheap_shares = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
         ok = (ok3 & best_batches & cheap_shares[:, None, :]).reshape(len(members), -1)
-        if running is not None:
+        if running is not None and any(running[k] for k in members):
             where = {g: j for j, g in enumerate(grid)}
             for row, k in enumerate(members):
                 for config in running[k]:
@@ -149,37 +148,35 @@ def candidates_for(
     # One option per (model, share): the first in that order tolerates the most.
     first = np.ones(len(order), dtype=bool)
     first[1:] = (owner[order][1:] != owner[order][:-1]) | (share[order][1:] != share[order][:-1])
-    if running is not None:  # running configurations are kept beside the best of their share
-        for pos, i in enumerate(order.tolist()):
+    if running is not None and any(running):  # kept beside the best of their share
+        owners_running = np.array([bool(r) for r in running])
+        for pos in np.flatnonzero(owners_running[owner[order]]).tolist():
+            i = int(order[pos])
             if (int(b[i]), round(float(share[i]), 3)) in running[int(owner[i])]:
                 first[pos] = True
     out: list[list[Candidate]] = [[] for _ in demands]
     chosen = order[first]
-    memory = {key: profiles[key] for key in by_profile}
-    columns = zip(
-        owner[chosen].tolist(),
-        b[chosen].astype(int).tolist(),
+    # Memory by (profile, batch): looked up, not recomputed, for each of the candidates.
+    memory = {
+        (key, batch): profiles[key].memory_mb(batch)
+        for key in by_profile
+        for batch in batch_grid(profiles[key].batches)
+    }
+    keys = [d.profile_key for d in demands]
+    batch_col = b[chosen].astype(int).tolist()
+    columns = map(
+        Candidate,
+        batch_col,
         share[chosen].tolist(),
         delay[chosen].tolist(),
         s1[chosen].tolist(),
         sb[chosen].tolist(),
         tolerance[chosen].tolist(),
         solo_p99[chosen].tolist(),
-        strict=True,
+        [memory[keys[k], bb] for k, bb in zip(owner[chosen].tolist(), batch_col, strict=True)],
     )
-    for k, batch, sh, dl, one, full, tol, p99 in columns:
-        out[k].append(
-            Candidate(
-                batch=batch,
-                share=sh,
-                max_delay_s=dl,
-                solo_one_s=one,
-                solo_full_s=full,
-                tolerance=tol,
-                p99_s=p99,
-                memory_mb=memory[demands[k].profile_key].memory_mb(batch),
-            )
-        )
+    for k, candidate in zip(owner[chosen].tolist(), columns, strict=True):
+        out[k].append(candidate)
     return out
 
 
@@ -199,17 +196,31 @@ def tolerances(
     slo_s: FloatArray,
 ) -> tuple[FloatArray, FloatArray]:
     """(largest slowdown keeping p99 <= slo_s, or -1 if even none does; solo p99)."""
-    base = batched_latency(rate, batch, delay, s1, sb, cv).p99
+    n = len(rate)
+    x = TOP_SLOWDOWN
+    # Solo and the first top in one evaluation (the cost is per numpy call, not per element).
+    both = batched_latency(
+        np.concatenate([rate, rate]),
+        np.concatenate([batch, batch]),
+        np.concatenate([delay, delay]),
+        np.concatenate([s1, s1 * (1 + x)]),
+        np.concatenate([sb, sb * (1 + x)]),
+        np.concatenate([cv, cv]),
+    ).p99
+    base, first_top = both[:n], both[n:]
     tol = np.where(base <= slo_s, 0.0, -1.0)
     todo = np.flatnonzero(base <= slo_s)
-    x = TOP_SLOWDOWN
-    for _ in range(4):  # halve the top where it overloads the instance (p99 infinite)
+    for round_ in range(4):  # halve the top where it overloads the instance (p99 infinite)
         if not len(todo):
             break
         i = todo
-        top = batched_latency(
-            rate[i], batch[i], delay[i], s1[i] * (1 + x), sb[i] * (1 + x), cv[i]
-        ).p99
+        top = (
+            first_top[i]
+            if round_ == 0
+            else batched_latency(
+                rate[i], batch[i], delay[i], s1[i] * (1 + x), sb[i] * (1 + x), cv[i]
+            ).p99
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             chord = x * (slo_s[i] - base[i]) / (top - base[i])
         finite = np.isfinite(top)

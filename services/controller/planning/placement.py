@@ -21,14 +21,20 @@ class Resident:
     options: list[Candidate]
     choice: int = 0
     slowdown: float = 0.0  # predicted with its current co-runners
+    # Placement per option, built once: placement checks ask for them thousands of times.
+    _placements: dict[int, Placement] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def candidate(self) -> Candidate:
         return self.options[self.choice]
 
     def placement(self, choice: int | None = None) -> Placement:
-        c = self.options[self.choice if choice is None else choice]
-        return Placement(self.demand.profile_key, c.batch, c.share)
+        j = self.choice if choice is None else choice
+        p = self._placements.get(j)
+        if p is None:
+            c = self.options[j]
+            p = self._placements[j] = Placement(self.demand.profile_key, c.batch, c.share)
+        return p
 
 
 @dataclass
@@ -81,24 +87,14 @@ def try_colocate(
     group = [*gpu.residents, newcomer]
     choices = [r.choice for r in group]
     for _ in range(raise_rounds + 1):
-        if sum(r.options[c].share for r, c in zip(group, choices, strict=True)) > 1 + SHARE_EPS:
+        options = [r.options[c] for r, c in zip(group, choices, strict=True)]
+        if sum(o.share for o in options) > 1 + SHARE_EPS:
             return False
-        if (
-            sum(r.options[c].memory_mb for r, c in zip(group, choices, strict=True))
-            > gpu.device.memory_mb
-        ):
+        if sum(o.memory_mb for o in options) > gpu.device.memory_mb:
             return False
         placements = [r.placement(c) for r, c in zip(group, choices, strict=True)]
-        slowdowns = predicted_slowdowns(
-            predictor,
-            placements,
-            [r.options[c].solo_full_s for r, c in zip(group, choices, strict=True)],
-        )
-        failing = [
-            i
-            for i, (r, c) in enumerate(zip(group, choices, strict=True))
-            if slowdowns[i] > r.options[c].tolerance
-        ]
+        slowdowns = predicted_slowdowns(predictor, placements, [o.solo_full_s for o in options])
+        failing = [i for i, o in enumerate(options) if slowdowns[i] > o.tolerance]
         if not failing:
             for r, c, x in zip(group, choices, slowdowns, strict=True):
                 r.choice, r.slowdown = c, x

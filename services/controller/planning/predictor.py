@@ -108,6 +108,7 @@ class ProfilePredictor:
         # Keyed by plain tuples: hashing them is far cheaper than hashing dataclasses.
         self._cache: dict[tuple[str, int, float], float] = {}
         self._feature_cache: dict[tuple[str, int, float], tuple[float, float]] = {}
+        self._point_cache: dict[tuple[str, int, float], tuple[float, float, float]] = {}
         if profiles.pairs:
             self.uses_counters = True
             self.weights = self._fit_counter_model()
@@ -128,6 +129,14 @@ class ProfilePredictor:
         if cached is None:
             l2, dram = self._counters[p.model](p.batch, p.share)
             cached = self._feature_cache[key] = (l2 / 100, dram / 100)
+        return cached
+
+    def _point(self, p: Placement) -> tuple[float, float, float]:
+        """(solo latency, L2, DRAM) in one lookup: the placement loop asks thousands of times."""
+        key = (p.model, p.batch, p.share)
+        cached = self._point_cache.get(key)
+        if cached is None:
+            cached = self._point_cache[key] = (self.solo(p), *self._features(p))
         return cached
 
     def slowdown(self, target: Placement, corunners: Sequence[Placement]) -> float:
@@ -153,15 +162,15 @@ class ProfilePredictor:
     def predict_group(self, placements: Sequence[Placement]) -> list[float]:
         """predict() of each placement next to all the others, in time linear in the group
         (the interference features are sums over co-runners)."""
-        solo = [self.solo(p) for p in placements]
         if len(placements) < 2:
-            return solo
+            return [self.solo(p) for p in placements]
         w = self.weights
         n = len(placements)
         if self.uses_counters:
-            feats = [self._features(p) for p in placements]
-            l2_all = sum(f[0] for f in feats)
-            dram_all = sum(f[1] for f in feats)
+            points = [self._point(p) for p in placements]
+            solo = [pt[0] for pt in points]
+            l2_all = sum(pt[1] for pt in points)
+            dram_all = sum(pt[2] for pt in points)
             share_all = sum(p.share for p in placements)
             slow = [
                 w[0]
@@ -170,9 +179,10 @@ class ProfilePredictor:
                 + w[3] * (l2_all - l2)
                 + w[4] * (dram_all - dram)
                 + w[5] * (share_all - p.share)
-                for p, (l2, dram) in zip(placements, feats, strict=True)
+                for p, (_, l2, dram) in zip(placements, points, strict=True)
             ]
         else:
+            solo = [self.solo(p) for p in placements]
             share_all = sum(p.share for p in placements)
             slow = [
                 w[0] + w[1] * p.share + w[2] * (share_all - p.share) + w[3] * (n - 1)
