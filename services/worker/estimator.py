@@ -36,8 +36,9 @@ class BatchTimeEstimator:
     MAX_JUMP = 3.0
     TAIL_WINDOW = 20
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, min_tail: float = 1.0) -> None:
         self.alpha = alpha
+        self.min_tail = min_tail  # the least tail factor, whatever the ratios say
         self._sizes: list[int] = []  # sorted element counts with a measurement
         self._seconds: dict[int, float] = {}
         self._ratios: deque[float] = deque(maxlen=self.TAIL_WINDOW)
@@ -65,8 +66,8 @@ class BatchTimeEstimator:
 
     @property
     def tail_factor(self) -> float:
-        """The largest recent observed/estimated ratio, at least 1."""
-        return max(1.0, max(self._ratios, default=1.0))
+        """The largest recent observed/estimated ratio, at least `min_tail` (and 1)."""
+        return max(1.0, self.min_tail, max(self._ratios, default=1.0))
 
     def tail(self, elements: int) -> float:
         """Seconds a batch of `elements` takes in a slow case (estimate x tail factor)."""

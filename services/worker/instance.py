@@ -79,6 +79,7 @@ class Instance:
         queue_capacity: int,
         metrics: WorkerMetrics,
         clock: Callable[[], float] = time.monotonic,
+        admission_margin: float = 1.0,
     ) -> None:
         self.spec = spec
         self.layout = layout
@@ -86,7 +87,7 @@ class Instance:
         self.labels = (spec.instance_id, layout.model.name, layout.model.version)
         self.state: int = State.INSTANCE_LOADING
         self.error = ""
-        self.estimator = BatchTimeEstimator()
+        self.estimator = BatchTimeEstimator(min_tail=admission_margin)
         self.queue: RequestQueue[_Pending] = RequestQueue(
             queue_capacity, layout.max_rows, self.estimator
         )

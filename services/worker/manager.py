@@ -164,7 +164,9 @@ class InstanceManager:
                 grpc.StatusCode.FAILED_PRECONDITION, f"model file {path} does not exist"
             )
         capacity = spec.queue_capacity or self.settings.worker_default_queue_capacity
-        instance = Instance(spec, layout, capacity, self.metrics)
+        instance = Instance(
+            spec, layout, capacity, self.metrics, admission_margin=self.settings.admission_margin
+        )
         self.instances[spec.instance_id] = instance
         task = asyncio.create_task(self._load(instance, path, request.warmup))
         self._loads[spec.instance_id] = task

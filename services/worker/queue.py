@@ -67,7 +67,7 @@ def _ms(seconds: float) -> str:
 
 
 def _slow_note(factor: float) -> str:
-    return f"; batches run up to {factor:.2f}x the mean estimate now" if factor > 1 else ""
+    return f"; planned at {factor:.2f}x the mean batch time" if factor > 1 else ""
 
 
 class RequestQueue(Generic[T]):

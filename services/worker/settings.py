@@ -11,6 +11,10 @@ from services.common.settings import CommonSettings
 from services.worker.device import DeviceSpec, parse_device
 from services.worker.mps import pipe_directory
 
+# On a CPU device the gRPC work of a burst competes with the model for the same cores: batches
+# run slower exactly while a burst is being admitted, before any measurement can show it.
+CPU_ADMISSION_MARGIN = 1.5
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -34,6 +38,13 @@ class WorkerSettings(CommonSettings):
     )
     worker_cpu_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, gt=0, description="CPU threads to share"
+    )
+    worker_admission_margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="least factor on the mean batch time that admission plans with; 0: "
+        f"{CPU_ADMISSION_MARGIN} on the cpu device (serving shares its cores with the model, "
+        "so a burst slows the batches it is admitted against), 1.0 otherwise",
     )
     worker_default_queue_capacity: int = Field(
         default=64, gt=0, description="queue bound when InstanceSpec.queue_capacity is 0"
@@ -76,6 +87,13 @@ class WorkerSettings(CommonSettings):
         if not self.worker_advertise_address:
             self.worker_advertise_address = f"127.0.0.1:{self.worker_port}"
         return self
+
+    @property
+    def admission_margin(self) -> float:
+        """The least slow-case factor admission plans with (see worker_admission_margin)."""
+        if self.worker_admission_margin > 0:
+            return self.worker_admission_margin
+        return CPU_ADMISSION_MARGIN if self.worker_device == "cpu" else 1.0
 
     @property
     def bind_address(self) -> str:

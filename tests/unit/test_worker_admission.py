@@ -53,6 +53,14 @@ def test_tail_factor_forgets_after_a_window_of_steady_batches() -> None:
     assert est.tail_factor == pytest.approx(1.0)
 
 
+def test_a_margin_sets_the_least_tail_factor() -> None:
+    est = BatchTimeEstimator(min_tail=1.5)
+    est.observe(1, 0.010, now=0.0)
+    assert est.tail_factor == pytest.approx(1.5)
+    est.observe(1, 0.020, now=1.0)  # slower than the margin: the measurement wins
+    assert est.tail_factor == pytest.approx(2.0)
+
+
 def test_sizes_outside_the_measured_range_record_no_ratio() -> None:
     est = measured(r2=0.010)
     est.observe(8, 0.200, now=1.0)  # extrapolated 40 ms, took 200: a guess, not a stall
@@ -74,7 +82,7 @@ def test_admission_plans_with_the_tail_not_the_mean() -> None:
     assert steady.admit(request(deadline=deadline), now=0.0, busy_s=0.0) is None
     refusal = slow.admit(request(deadline=deadline), now=0.0, busy_s=0.0)
     assert refusal is not None and refusal.reason is Rejection.DEADLINE_UNREACHABLE
-    assert "2.00x the mean estimate" in refusal.message
+    assert "planned at 2.00x the mean batch time" in refusal.message
     assert refusal.finish_s == pytest.approx(4 * mean_after * 2.0)
 
 
