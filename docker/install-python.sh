@@ -2,7 +2,8 @@
 # Build-stage helper shared by the Dockerfiles. Two folders, so that a source change rebuilds
 # (and ships) only the small one:
 #   install-python.sh deps      the virtualenv /opt/deinfer ($VENV_FLAGS) with the pinned
-#                               dependencies of docker/requirements.lock; /opt/app on its path
+#                               dependencies of docker/requirements.lock (and $EXTRA_PACKAGES);
+#                               /opt/app on its path
 #   install-python.sh project   DeInfer itself from /src into /opt/app (scripts in /opt/app/bin)
 # With WHEELHOUSE set (a build ARG), pip reads only /build/wheelhouse (--no-index): the build
 # needs no network. Without it, pip installs the same pinned versions from PyPI.
@@ -24,7 +25,7 @@ case "${1:-}" in
     # shellcheck disable=SC2086
     python3 -m venv ${VENV_FLAGS:-} "$VENV"
     # shellcheck disable=SC2086
-    $PIP install $SOURCE --requirement /build/requirements.lock
+    $PIP install $SOURCE --requirement /build/requirements.lock ${EXTRA_PACKAGES:-}
     site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
     echo /opt/app >"$site/deinfer-app.pth"
     ;;

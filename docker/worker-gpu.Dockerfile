@@ -12,7 +12,10 @@ ARG WHEELHOUSE=
 COPY docker/requirements.lock docker/install-python.sh /build/
 # Without a wheelhouse this copies the lock a second time, harmlessly (COPY needs a source).
 COPY ${WHEELHOUSE:-docker/requirements.lock} /build/wheelhouse/
-RUN WHEELHOUSE="${WHEELHOUSE}" VENV_FLAGS=--system-site-packages \
+# The GPU extra of pyproject.toml but TensorRT (the base has it): cuda-python's major version
+# must match the base image's CUDA (12.x for tensorrt:25.01-py3).
+ARG GPU_PACKAGES="cuda-python==12.8.0 nvidia-ml-py==12.570.86"
+RUN WHEELHOUSE="${WHEELHOUSE}" VENV_FLAGS=--system-site-packages EXTRA_PACKAGES="${GPU_PACKAGES}" \
     sh /build/install-python.sh deps
 
 # build: DeInfer itself, into /opt/app.

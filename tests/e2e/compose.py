@@ -22,7 +22,7 @@ class ComposeError(RuntimeError):
     pass
 
 
-def _run(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> str:
+def run_command(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> str:
     try:
         done = subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -40,7 +40,7 @@ def docker_engine_problem() -> str | None:
     if shutil.which("docker") is None:
         return "no docker command on PATH"
     try:
-        _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=20)
+        run_command(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=20)
     except ComposeError as exc:
         return f"no Docker engine answers `docker info`: {str(exc).splitlines()[-1]}"
     return None
@@ -49,7 +49,7 @@ def docker_engine_problem() -> str | None:
 def compose_problem() -> str | None:
     """Why Compose v2 (`docker compose`) cannot be used, or None."""
     try:
-        _run(["docker", "compose", "version", "--short"], timeout=20)
+        run_command(["docker", "compose", "version", "--short"], timeout=20)
     except ComposeError:
         return "Docker Compose v2 is missing (`docker compose`; CI installs it: .ci/run)"
     return None
@@ -68,7 +68,7 @@ class ComposeProject:
         argv = ["docker", "compose", "--project-name", self.name, "--project-directory", str(ROOT)]
         for path in self.files:
             argv += ["--file", str(path)]
-        return _run([*argv, *args], timeout, self._env())
+        return run_command([*argv, *args], timeout, self._env())
 
     def up(self, services: Sequence[str], timeout: float = 300) -> None:
         self.compose("up", "--detach", "--no-build", "--pull", "never", *services, timeout=timeout)
@@ -90,7 +90,7 @@ class ComposeProject:
         return ids[0]
 
     def state(self, service: str) -> dict[str, object]:
-        raw = _run(
+        raw = run_command(
             ["docker", "inspect", "--format", "{{json .State}}", self.container(service)], 60
         )
         state: dict[str, object] = json.loads(raw)
@@ -126,4 +126,4 @@ class ComposeProject:
 
     def docker(self, verb: str, service: str, timeout: float = 120) -> None:
         """`docker kill|start|restart|stop` on the service's container."""
-        _run(["docker", verb, self.container(service)], timeout)
+        run_command(["docker", verb, self.container(service)], timeout)

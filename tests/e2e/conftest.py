@@ -9,17 +9,25 @@ and always removes it, volumes included, at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.compose import ROOT, ComposeProject, compose_problem, docker_engine_problem
+from tests.e2e.compose import (
+    ROOT,
+    ComposeProject,
+    compose_problem,
+    docker_engine_problem,
+    run_command,
+)
 
 # The control plane's optional services join once their packages can start (`__main__`).
 CORE_SERVICES = ["redis", "controller", "dispatcher", "worker-0", "worker-1"]
@@ -94,11 +102,33 @@ class Stack:
         return time.monotonic() - start
 
 
+PROJECT_PREFIX = "deinfer-e2e-"
+
+
+def remove_abandoned_projects() -> None:
+    """`down -v` the projects of e2e sessions whose process is gone (killed mid-run)."""
+    listing = json.loads(
+        run_command(["docker", "compose", "ls", "--all", "--format", "json"], 60) or "[]"
+    )
+    for entry in listing:
+        name = str(entry.get("Name", ""))
+        pid = name.removeprefix(PROJECT_PREFIX).split("-")[0]
+        if (
+            not name.startswith(PROJECT_PREFIX)
+            or not pid.isdigit()
+            or Path(f"/proc/{pid}").exists()
+        ):
+            continue
+        files = [Path(f) for f in str(entry.get("ConfigFiles", "")).split(",") if f]
+        ComposeProject(name, files).down(volumes=True)
+
+
 @pytest.fixture(scope="module")
 def cpu_stack(images: None, pytestconfig: pytest.Config) -> Iterator[Stack]:
+    remove_abandoned_projects()
     dispatcher, metrics, controller = free_port(), free_port(), free_port()
     project = ComposeProject(
-        name=f"deinfer-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        name=f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}",
         files=[ROOT / "docker-compose.yml", ROOT / "docker-compose.cpu.yml"],
         env={
             "REDIS_IMAGE": "deinfer/redis:latest",  # built by scripts/build-images
