@@ -115,7 +115,9 @@ def candidates_for(
         shape = (len(members), -1, len(shares))
         ok3 = ok.reshape(shape)
         score = np.where(ok3, rough.reshape(shape), np.inf)
-        best_batches = np.argsort(np.argsort(score, axis=1), axis=1) < BATCHES_KEPT
+        best_batches = np.zeros(score.shape, dtype=bool)
+        ranked = np.argsort(score, axis=1)[:, :BATCHES_KEPT, :]
+        np.put_along_axis(best_batches, ranked, True, axis=1)
         any_ok = ok3.any(axis=1)
         cheap_shares = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
         ok = (ok3 & best_batches & cheap_shares[:, None, :]).reshape(len(members), -1)
@@ -175,8 +177,16 @@ def candidates_for(
         solo_p99[chosen].tolist(),
         [memory[keys[k], bb] for k, bb in zip(owner[chosen].tolist(), batch_col, strict=True)],
     )
-    for k, candidate in zip(owner[chosen].tolist(), columns, strict=True):
-        out[k].append(candidate)
+    # `chosen` runs model by model (sorted by owner first): one slice per model.
+    built = list(columns)
+    chosen_owner = owner[chosen]
+    starts = np.flatnonzero(np.r_[True, chosen_owner[1:] != chosen_owner[:-1]])
+    ends = np.r_[starts[1:], len(chosen_owner)]
+    for k, start, end in zip(
+        chosen_owner[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
+    ):
+        if start < end:  # (no candidate at all: one empty run)
+            out[k] = built[start:end]
     return out
 
 

@@ -138,6 +138,17 @@ def _batch_moments(
     return _Moments(en=en, es=es, rho=rho, wait=wait, slope=slope, n_q=n_q)
 
 
+def _mean_batch(lam: FloatArray, b: FloatArray, window: FloatArray) -> FloatArray:
+    """E[N] alone, summed as _batch_moments sums it (the formation wait needs only this)."""
+    kmax = int(b.max()) if b.size else 1
+    tails = _poisson_tails(lam * window, kmax)
+    uniform = b.size > 0 and bool(b.min() == b.max())
+    en = np.ones_like(lam)
+    for k in range(1, kmax):
+        en = en + (tails[k] if uniform else np.where(k < b, tails[k], 0.0))
+    return en
+
+
 def _fill_quantile(b: FloatArray, head_q: FloatArray, lam: FloatArray, d: FloatArray) -> FloatArray:
     """head_q-quantile of T_{b-1} ~ Gamma(b - 1, lam), only where it can fall below the delay
     d (elsewhere d, which min(d, .) then returns anyway): the inverse incomplete gamma is the
@@ -198,10 +209,10 @@ def batched_latency(
     en, es, rho, wq, slope = m.en, m.es, m.rho, m.wait, m.slope
     wq_q = wait_quantile(wq, rho, q)
     # Formation (bounded by the delay): the first request waits F, the others about F / 2.
-    formed = _batch_moments(lam, b, d, s1, sb, cv2, q)
-    ef = (formed.en - 1) / lam
-    wf = ef * (1 + (formed.en - 1) / 2) / formed.en
-    head_q = np.clip(1 - (1 - q) * formed.en, 0.0, q)
+    formed_en = _mean_batch(lam, b, d)
+    ef = (formed_en - 1) / lam
+    wf = ef * (1 + (formed_en - 1) / 2) / formed_en
+    head_q = np.clip(1 - (1 - q) * formed_en, 0.0, q)
     wf_q = np.minimum(d, _fill_quantile(b, head_q, lam, d))
 
     n_q = m.n_q
