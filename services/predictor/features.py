@@ -105,6 +105,39 @@ def rapp_reference(q: Queries) -> FloatArray:
     return reference
 
 
+def _anchor(q: Queries, batch: int, sm: int, quota: int) -> FloatArray:
+    return q.columns[anchor_name((batch, sm, quota))]
+
+
+def rapp_estimate(q: Queries) -> Columns:
+    """A separable latency estimate from the five anchors, for trees to correct:
+    full-GPU latency log-linear in log batch (anchors at batch 1 and 4); a GPU-bound time
+    that grows as 1/SM and with batch (anchor at batch 8, SM 10 %); the time-slice factor
+    log-log interpolated through quota 20, 50 and 100 % (anchors at batch 4)."""
+    c = q.columns
+    reference = rapp_reference(q)
+    batch, sm, quota = c["batch"], c["sm"], c["quota"]
+    batch1 = np.nan_to_num(_anchor(q, 1, 100, 100) / reference, nan=1.0)
+    full = reference * np.exp(np.log(batch1) * (2.0 - np.log2(batch)) / 2.0)
+    full8 = reference * np.exp(-np.log(batch1) / 2.0)
+    sm10 = _anchor(q, 8, 10, 100)
+    gpu_bound = np.where(np.isnan(sm10), full8, sm10) * (10.0 / sm) * (batch / 8.0) ** 0.8
+    spatial = np.maximum(full, gpu_bound)
+    q20 = np.nan_to_num(_anchor(q, 4, 100, 20) / reference, nan=4.0)
+    q50 = np.nan_to_num(_anchor(q, 4, 100, 50) / reference, nan=1.5)
+    log_q = np.log(quota)
+    upper = np.log(q50) * (np.log(100.0) - log_q) / np.log(2.0)
+    lower = np.log(q50) + np.log(q20 / q50) * (np.log(50.0) - log_q) / np.log(2.5)
+    slicing = np.exp(np.where(quota >= 50, upper, lower))
+    return {
+        "estimate": spatial * slicing,
+        "log_estimate_ratio": np.log(spatial * slicing / reference),
+        "log_spatial_ratio": np.log(spatial / reference),
+        "log_slicing": np.log(slicing),
+        "log_gpu_bound_over_full": np.log(gpu_bound / full),
+    }
+
+
 def rapp_features(q: Queries) -> Columns:
     c = q.columns
     reference = rapp_reference(q)
@@ -118,7 +151,9 @@ def rapp_features(q: Queries) -> Columns:
     }
     for anchor in ANCHORS[1:]:
         features["ratio_" + anchor_name(anchor)] = np.log(c[anchor_name(anchor)] / reference)
-    return features
+    estimate = rapp_estimate(q)
+    del estimate["estimate"]
+    return {**features, **estimate}
 
 
 FEATURES = {
@@ -142,8 +177,8 @@ def base_values(q: Queries, fallback: float) -> FloatArray:
         return np.full(len(q), 100.0)
     if q.dataset == IGNITER_V100:
         return q.columns["latency"].copy()
-    reference = rapp_reference(q)
-    return np.where(np.isnan(reference), fallback, reference)
+    estimate = rapp_estimate(q)["estimate"]
+    return np.where(np.isfinite(estimate), estimate, fallback)
 
 
 def design(q: Queries, fallback_base: float = 1.0) -> Design:
