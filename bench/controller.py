@@ -11,7 +11,7 @@ scenario, then the targets of issue 4:
 - planning 1000 models onto 500 GPUs (the DeInfer policy alone, warm caches): min and
   median of --runs runs <= 0.2 s.
 
-    python bench/controller.py [--runs 3] [--scenarios NAME ...] [--data-dir DIR]
+    python bench/controller.py [--runs 5] [--scenarios NAME ...] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def planning_time(root: Path, runs: int) -> tuple[float, float, float, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="planning-time runs (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="planning-time runs (default 5)")
     parser.add_argument("--scenarios", nargs="*", default=None, metavar="NAME")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
