@@ -2,8 +2,10 @@
 
     deinfer predictor evaluate --dataset NAME --train DIR --test DIR [--backend B] [--json]
 
-NAME is deinfer-rtx3080, igniter-v100 or rapp-v100; both folders have the layout of
-../shared/data/NAME (the test folder may hold only some files and fewer rows). `--json` prints
+NAME is deinfer-rtx3080, igniter-v100 or rapp-v100 (both folders have the layout of
+../shared/data/NAME), or cpu-profiles (DeInfer's own profiler CSVs: a folder of solo.csv and
+colocation.csv, like data/cpu-profiles); the test folder may hold only some files and fewer
+rows. `--json` prints
 {"dataset", "backend", "n_train", "n_test", "mape", "r2", "mae", "under_rate"}: mape in %,
 mae in pp (deinfer-rtx3080) or ms, under_rate the fraction predicted below 0.9 x measured.
 """
@@ -15,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-DATASETS = ("deinfer-rtx3080", "igniter-v100", "rapp-v100")
+DATASETS = ("deinfer-rtx3080", "igniter-v100", "rapp-v100", "cpu-profiles")
 BACKENDS = ("analytical", "forest", "graph")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from services.predictor import igniter_model
 from services.predictor.datasets.base import (
+    CPU_PROFILES,
     DEINFER_RTX3080,
     IGNITER_V100,
     RAPP_V100,
@@ -156,10 +157,47 @@ def rapp_features(q: Queries) -> Columns:
     return {**features, **estimate}
 
 
+def cpu_features(q: Queries) -> Columns:
+    """The target's work and memory traffic per ms alone, and the co-runners' pressure:
+    their summed rates alone and how many threads exceed the cores (shared cores)."""
+    c = q.columns
+    device = np.maximum(c["device_threads"], 1.0)
+    work = c["flops"] * c["batch"]
+    traffic = c["bytes_moved"] * c["batch"]
+    features: Columns = {
+        "log_batch": np.log2(c["batch"]),
+        "share": c["share"],
+        "threads": c["threads"] / device,
+        "log_solo": _log(c["solo_ms"]),
+        "log_flops": _log(c["flops"]),
+        "log_macs": _log(c["macs"]),
+        "log_params": _log(c["params"]),
+        "log_bytes": _log(c["bytes_moved"]),
+        "log_depth": _log(c["depth"]),
+        "log_intensity": _log(c["flops"] / np.maximum(c["bytes_moved"], 1.0)),
+        "log_gflops_rate": _log(work / c["solo_ms"] / 1e6),
+        "log_gbytes_rate": _log(traffic / c["solo_ms"] / 1e6),
+        "corunners": c["corunners"],
+        "co_threads": c["co_threads"] / device,
+        "co_share": c["co_share"],
+        "oversubscription": np.maximum(0.0, c["threads"] + c["co_threads"] - device) / device,
+        "co_log_solo_ratio": _log(c["co_solo_ms_max"] / c["solo_ms"]),
+        "co_log_flops": _log(c["co_flops"]),
+        "co_log_gflops_rate": np.log1p(c["co_gflops_rate"]),
+        "co_log_gbytes_rate": np.log1p(c["co_gbytes_rate"]),
+    }
+    features["gbytes_x_co_gbytes"] = features["log_gbytes_rate"] * features["co_log_gbytes_rate"]
+    features["oversubscribed_co_gflops"] = (
+        features["oversubscription"] * features["co_log_gflops_rate"]
+    )
+    return features
+
+
 FEATURES = {
     DEINFER_RTX3080: deinfer_features,
     IGNITER_V100: igniter_features,
     RAPP_V100: rapp_features,
+    CPU_PROFILES: cpu_features,
 }
 
 
@@ -177,6 +215,8 @@ def base_values(q: Queries, fallback: float) -> FloatArray:
         return np.full(len(q), 100.0)
     if q.dataset == IGNITER_V100:
         return q.columns["latency"].copy()
+    if q.dataset == CPU_PROFILES:
+        return q.columns["solo_ms"].copy()  # the known solo median (NaN: not profiled)
     estimate = rapp_estimate(q)["estimate"]
     return np.where(np.isfinite(estimate), estimate, fallback)
 

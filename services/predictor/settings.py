@@ -9,9 +9,9 @@ from services.common.settings import CommonSettings
 
 class PredictorSettings(CommonSettings):
     predictor_host: str = Field(default="0.0.0.0", description="address the gRPC server binds")
-    predictor_port: int = Field(default=8300, ge=0, le=65535, description="gRPC port (0: any)")
+    predictor_port: int = Field(default=8400, ge=0, le=65535, description="gRPC port (0: any)")
     predictor_metrics_port: int = Field(
-        default=8301, ge=0, le=65535, description="Prometheus HTTP port (0 disables)"
+        default=8401, ge=0, le=65535, description="Prometheus HTTP port (0 disables)"
     )
     predictor_artifacts: str = Field(
         default="./predictor_artifacts", description="trained models and their metadata"

@@ -22,10 +22,18 @@ SPLITS = (RANDOM_ROWS, HELD_OUT_PAIRS, HELD_OUT_MODELS)
 Fold = tuple[IntArray, IntArray]
 
 
+def corunner_sets(samples: Samples) -> list[set[str]]:
+    """Co-runners per row; a run with several (cpu-profiles' triples) joins them with ';'."""
+    return [set(str(names).split(";")) - {""} for names in samples.queries.corunner]
+
+
 def pair_keys(samples: Samples) -> StrArray:
-    """Unordered pair of (model, co-runner) per row."""
+    """Unordered set of the row's models (target and co-runners): the pair, or a triple."""
     q = samples.queries
-    keys = ["|".join(sorted((str(a), str(b)))) for a, b in zip(q.model, q.corunner, strict=True)]
+    keys = [
+        "|".join(sorted([str(model), *str(others).split(";")]))
+        for model, others in zip(q.model, q.corunner, strict=True)
+    ]
     return np.array(keys, dtype=np.str_)
 
 
@@ -58,15 +66,18 @@ def held_out_pairs(samples: Samples, folds: int = 5) -> Iterator[Fold]:
 
 
 def held_out_models(samples: Samples, folds: int = 5) -> Iterator[Fold]:
-    """Whole models out: a test row involves a test model (as target or co-runner) and no
-    training row involves any test model. For RaPP whole families go out (GroupKFold)."""
+    """Whole models out: a row is a test row when its target OR any of its co-runners is a
+    test model, so no training row involves any test model. For RaPP whole families go out
+    (GroupKFold)."""
     if samples.dataset == RAPP_V100:
         yield from _grouped(model_groups(samples), folds)
         return
     q = samples.queries
-    models = np.unique(np.concatenate([q.model, q.corunner[q.corunner != ""]]))
+    others = corunner_sets(samples)
+    models = np.unique(np.concatenate([q.model, sorted(set().union(*others))]))
     for chunk in np.array_split(models, min(folds, len(models))):
-        involved = np.isin(q.model, chunk) | np.isin(q.corunner, chunk)
+        held = set(chunk.tolist())
+        involved = np.isin(q.model, chunk) | np.array([bool(o & held) for o in others])
         test = np.flatnonzero(involved).astype(np.intp)
         train = np.flatnonzero(~involved).astype(np.intp)
         if len(test) and len(train):

@@ -6,7 +6,7 @@ from services.predictor.backends.analytical import AnalyticalBackend
 from services.predictor.backends.base import Backend, NotFittedError
 from services.predictor.backends.forest import ForestBackend
 from services.predictor.backends.graph import GraphBackend
-from services.predictor.datasets.base import DEINFER_RTX3080, IGNITER_V100, RAPP_V100
+from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100, RAPP_V100
 
 BACKENDS: dict[str, type[Backend]] = {
     AnalyticalBackend.name: AnalyticalBackend,
@@ -20,6 +20,7 @@ DEFAULT_BACKEND = {
     DEINFER_RTX3080: ForestBackend.name,
     IGNITER_V100: AnalyticalBackend.name,
     RAPP_V100: ForestBackend.name,
+    CPU_PROFILES: ForestBackend.name,  # best on held-out models of data/cpu-profiles
 }
 
 

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from services.predictor import features
 from services.predictor.backends.base import LogRatioBackend, Regressor
 from services.predictor.datasets.base import (
+    CPU_PROFILES,
     DEINFER_RTX3080,
     IGNITER_V100,
     FloatArray,
@@ -38,6 +39,10 @@ TERMS = {
     # iGniter's own prediction, recalibrated: its L2-contention term already carries the
     # co-runner; extra L2/DRAM terms overfit the few training pairs (grouped CV).
     IGNITER_V100: ("igniter_log_ratio",),
+    # CPU: shared cores (threads beyond the device's) and how long the co-runners run
+    # relative to the target; per-model rate terms extrapolated badly to held-out models
+    # (data/cpu-profiles: held-out-model MAPE 243 % with them, 74 % without).
+    CPU_PROFILES: ("oversubscription", "co_log_solo_ratio", "corunners", "share"),
 }
 # Without iGniter's `config` file: a linear L2/DRAM contention model of both models.
 IGNITER_WITHOUT_CONFIG = ("co_l2", "co_dram", "l2_x_co_l2", "dram_x_co_dram")

@@ -19,7 +19,14 @@ import numpy as np
 from services.predictor import features
 from services.predictor.backends.base import LogRatioBackend, Regressor
 from services.predictor.backends.forest import make_forest
-from services.predictor.datasets.base import DEINFER_RTX3080, IGNITER_V100, FloatArray, Queries
+from services.predictor.datasets.base import (
+    CPU_PROFILES,
+    DEINFER_RTX3080,
+    IGNITER_V100,
+    FloatArray,
+    Queries,
+)
+from services.predictor.datasets.cpu_profiles import CpuProfiles
 from services.predictor.datasets.deinfer_rtx3080 import DeinferProfiles
 from services.predictor.datasets.igniter_v100 import IgniterProfiles
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
@@ -82,6 +89,24 @@ def deinfer_graph(q: Queries, row: int, side: str) -> Graph:
     return np.array(nodes, dtype=np.float64), _chain(len(nodes))
 
 
+def cpu_graph(profiles: CpuProfiles, model: str) -> Graph:
+    """The model's solo grid: one node per (batch, share), edges to the next batch at the
+    same share and to the next share at the same batch."""
+    points = sorted((b, s, ms) for (name, b, s), ms in profiles.solo.items() if name == model)
+    index = {(b, s): i for i, (b, s, _) in enumerate(points)}
+    nodes = [[np.log2(b), s, np.log(ms)] for b, s, ms in points]
+    batches, shares = sorted({b for b, _ in index}), sorted({s for _, s in index})
+    edges = []
+    for (b, s), i in index.items():
+        for neighbour in (
+            (batches[batches.index(b) + 1], s) if b != batches[-1] else None,
+            (b, shares[shares.index(s) + 1]) if s != shares[-1] else None,
+        ):
+            if neighbour in index:
+                edges.append((i, index[neighbour]))
+    return np.array(nodes, dtype=np.float64).reshape(-1, 3), edges
+
+
 def rapp_graph(q: Queries, row: int) -> Graph:
     reference = features.rapp_reference(q.take(np.array([row], dtype=np.intp)))[0]
     nodes = []
@@ -133,6 +158,24 @@ def graph_design(q: Queries) -> FloatArray:
                 c["b_copies"][i],
                 np.log2(c["a_batchsize"][i]),
                 np.log2(c["b_batchsize"][i]),
+            ]
+        elif q.dataset == CPU_PROFILES:
+            profiles = q.profiles
+            assert isinstance(profiles, CpuProfiles)
+            own = embed((model,), partial(cpu_graph, profiles, model))
+            # Several co-runners: the mean of their encodings keeps one width.
+            others = [
+                embed((name,), partial(cpu_graph, profiles, name)) for name in corunner.split(";")
+            ]
+            encoded = [own, np.mean(others, axis=0)]
+            device = max(c["device_threads"][i], 1.0)
+            config = [
+                np.log2(c["batch"][i]),
+                c["share"][i],
+                c["corunners"][i],
+                c["co_share"][i],
+                max(0.0, c["threads"][i] + c["co_threads"][i] - device) / device,
+                np.log(c["co_solo_ms_max"][i] / c["solo_ms"][i]),
             ]
         else:
             mask = tuple(bool(np.isnan(c[anchor_name(a)][i])) for a in ANCHORS)

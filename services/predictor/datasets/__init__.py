@@ -1,12 +1,14 @@
-"""Loaders for the three public profiling data sets (layout of ../shared/data/NAME)."""
+"""Loaders for the three public profiling data sets (layout of ../shared/data/NAME) and for
+DeInfer's own profiler CSVs (`cpu-profiles`, layout of data/cpu-profiles)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from services.predictor.datasets import deinfer_rtx3080, igniter_v100, rapp_v100
+from services.predictor.datasets import cpu_profiles, deinfer_rtx3080, igniter_v100, rapp_v100
 from services.predictor.datasets.base import (
+    CPU_PROFILES,
     DATASETS,
     DEINFER_RTX3080,
     IGNITER_V100,
@@ -20,6 +22,7 @@ LOADERS: dict[str, Callable[[Path, object], Samples]] = {
     DEINFER_RTX3080: deinfer_rtx3080.load,
     IGNITER_V100: igniter_v100.load,
     RAPP_V100: rapp_v100.load,
+    CPU_PROFILES: cpu_profiles.load,
 }
 
 
@@ -34,6 +37,7 @@ def load(dataset: str, folder: Path, fallback: object = None) -> Samples:
 
 
 __all__ = [
+    "CPU_PROFILES",
     "DATASETS",
     "DEINFER_RTX3080",
     "IGNITER_V100",

@@ -19,7 +19,8 @@ StrArray = npt.NDArray[np.str_]
 DEINFER_RTX3080 = "deinfer-rtx3080"
 IGNITER_V100 = "igniter-v100"
 RAPP_V100 = "rapp-v100"
-DATASETS = (DEINFER_RTX3080, IGNITER_V100, RAPP_V100)
+CPU_PROFILES = "cpu-profiles"  # DeInfer's own profiler CSVs (data/cpu-profiles)
+DATASETS = (DEINFER_RTX3080, IGNITER_V100, RAPP_V100, CPU_PROFILES)
 
 
 class DatasetError(ValueError):

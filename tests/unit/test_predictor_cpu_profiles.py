@@ -1,0 +1,98 @@
+"""The `cpu-profiles` loader on DeInfer's own measurements (data/cpu-profiles) and a backend
+trained on it, evaluated on held-out models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deinfer.cli import main
+from services.predictor import datasets, splits
+from services.predictor.backends import make_backend
+from services.predictor.baselines import BASELINES
+from services.predictor.datasets.base import DatasetError
+from services.predictor.datasets.cpu_profiles import CpuProfiles
+from services.predictor.metrics import score
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "cpu-profiles"
+
+
+@pytest.fixture(scope="module")
+def samples() -> datasets.Samples:
+    return datasets.load(datasets.CPU_PROFILES, DATA)
+
+
+def test_loader_reads_known_profile_not_the_run(samples: datasets.Samples) -> None:
+    q = samples.queries
+    assert isinstance(q.profiles, CpuProfiles)
+    assert len(samples) == len((DATA / "colocation.csv").read_text().splitlines()) - 1
+    assert np.isfinite(q.column("solo_ms")).all() and (samples.target > 0).all()
+    # The known solo latency is the solo table's median over passes, at the row's own point.
+    row = int(np.flatnonzero(q.model == "resnet18")[0])
+    key = ("resnet18", int(q.column("batch")[row]), float(q.column("share")[row]))
+    assert q.column("solo_ms")[row] == q.profiles.solo[key]
+    triples = q.column("corunners") == 2
+    assert triples.any() and all(name.count(";") == 1 for name in q.corunner[triples])
+
+
+def test_held_out_models_never_reach_training(samples: datasets.Samples) -> None:
+    q = samples.queries
+    others = splits.corunner_sets(samples)
+    folds = list(splits.held_out_models(samples))
+    assert len(folds) >= 3
+    for train, test in folds:
+        seen = set(q.model[train]).union(*(others[i] for i in train))
+        for i in test:
+            # A test row's target or one of its co-runners is a model no training row has.
+            assert ({str(q.model[i])} | others[i]) - seen
+
+
+def test_forest_beats_training_mean_on_held_out_models(samples: datasets.Samples) -> None:
+    predicted = np.full(len(samples), np.nan)
+    constant = np.full(len(samples), np.nan)
+    for train, test in splits.held_out_models(samples):
+        backend = make_backend("forest")
+        backend.fit(samples.take(train))
+        predicted[test] = backend.predict(samples.take(test).queries)
+        constant[test] = samples.target[train].mean()
+    covered = ~np.isnan(predicted)
+    assert covered.sum() > len(samples) // 2
+    result = score(samples.target[covered], predicted[covered])
+    assert result.mae < score(samples.target[covered], constant[covered]).mae
+    assert result.r2 > 0.0
+
+
+def test_no_interference_baseline_is_the_solo_profile(samples: datasets.Samples) -> None:
+    baseline = BASELINES["no-interference"]()
+    baseline.fit(samples)
+    assert np.array_equal(baseline.predict(samples.queries), samples.queries.column("solo_ms"))
+
+
+def test_missing_and_malformed_folders(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"colocation\.csv not found"):
+        datasets.load(datasets.CPU_PROFILES, tmp_path)
+    (tmp_path / "colocation.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DatasetError, match="profile schema"):
+        datasets.load(datasets.CPU_PROFILES, tmp_path)
+
+
+def test_cli_evaluate_held_out_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Train on rows without tiny_bert, test on the rows involving it; the test folder has no
+    solo table, so its known profile comes from the training folder's."""
+    train, test = tmp_path / "train", tmp_path / "test"
+    train.mkdir()
+    test.mkdir()
+    shutil.copy(DATA / "solo.csv", train / "solo.csv")
+    header, *rows = (DATA / "colocation.csv").read_text().splitlines(keepends=True)
+    held = [r for r in rows if "tiny_bert" in r]
+    (train / "colocation.csv").write_text(header + "".join(r for r in rows if r not in held))
+    (test / "colocation.csv").write_text(header + "".join(held))
+    args = ["--dataset", "cpu-profiles", "--train", str(train), "--test", str(test), "--json"]
+    assert main(["predictor", "evaluate", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_test"] == len(held) and report["n_train"] == len(rows) - len(held)
+    assert report["backend"] == "forest" and np.isfinite(report["mape"])
