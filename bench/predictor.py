@@ -1,6 +1,10 @@
 """Latency-prediction accuracy: every backend and the seed baselines on three splits.
 
     .venv/bin/python bench/predictor.py [--data ../shared/data] [--datasets A,B] [--folds 5]
+        [--cpu-data data/cpu-profiles]
+
+The public data sets are read from --data/NAME; `cpu-profiles` (DeInfer's own profiler CSVs)
+from --cpu-data.
 
 Splits: random rows (comparability only), held-out pairs (unordered pair groups), held-out
 models (every row involving a test model out of training; RaPP: whole model families). Each
@@ -19,10 +23,11 @@ import numpy as np
 from services.predictor import datasets, splits
 from services.predictor.backends import BACKENDS, Backend
 from services.predictor.baselines import BASELINES, NotApplicable
-from services.predictor.datasets.base import DATASETS, Samples
+from services.predictor.datasets.base import CPU_PROFILES, DATASETS, Samples
 from services.predictor.metrics import Scores, score
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_CPU_DATA = Path(__file__).resolve().parents[1] / "data" / "cpu-profiles"
 TARGETS = {
     ("deinfer-rtx3080", splits.HELD_OUT_PAIRS): "R2 >= 0.85, MAE <= 1.5 pp",
     ("deinfer-rtx3080", splits.HELD_OUT_MODELS): "R2 >= 0.7",
@@ -51,11 +56,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--cpu-data", type=Path, default=DEFAULT_CPU_DATA)
     args = parser.parse_args()
     print("| data set | split | predictor | MAPE % | p90 APE % | R^2 | MAE | under % | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
-        samples = datasets.load(name, args.data / name)
+        folder = args.cpu_data if name == CPU_PROFILES else args.data / name
+        samples = datasets.load(name, folder)
         for split in splits.SPLITS:
             for label, kind in {**BACKENDS, **BASELINES}.items():
                 started = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.predictor import artifacts, datasets
 from services.predictor.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
-from services.predictor.datasets.base import DEINFER_RTX3080, IGNITER_V100
+from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, ProfileBook, Query, validate
 
@@ -93,7 +93,7 @@ class PredictorCore:
         answers: list[Answer | None] = [None] * len(queries)
         modelled = []
         for i, query in enumerate(queries):
-            if dataset == IGNITER_V100 and not query.corunners:
+            if dataset in (IGNITER_V100, CPU_PROFILES) and not query.corunners:
                 validate(query)
                 solo = book.solo_latency(query.target)
                 answers[i] = Answer(solo, 0.0, solo)
@@ -110,7 +110,7 @@ class PredictorCore:
     def _answer(dataset: str, rows: datasets.Queries, j: int, value: float) -> Answer:
         if dataset == DEINFER_RTX3080:
             return Answer(0.0, value / 100.0 - 1.0, 0.0)
-        if dataset == IGNITER_V100:
-            solo = float(rows.columns["latency"][j])
+        if dataset in (IGNITER_V100, CPU_PROFILES):
+            solo = float(rows.columns["latency" if dataset == IGNITER_V100 else "solo_ms"][j])
             return Answer(value, value / solo - 1.0, solo)
         return Answer(value, 0.0, value)

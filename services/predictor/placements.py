@@ -5,7 +5,10 @@ per (model, batch), RaPP's anchor measurements. Shares are fractions in (0, 1].
 - igniter-v100: zero co-runners (the solo latency) or exactly one;
 - deinfer-rtx3080: co-runners are copies of one (model, batch); only the slowdown is known
   (the table holds no solo milliseconds), so latencies are reported as 0;
-- rapp-v100: solo only (no co-location in that data); share = SM fraction, quota 100 %.
+- rapp-v100: solo only (no co-location in that data); share = SM fraction, quota 100 %;
+- cpu-profiles: zero co-runners (the solo profile) or any number; share = CPU thread fraction,
+  mapped to threads by the profiler's rule; every member needs a solo point at its
+  (batch, share) in the training folder's solo table.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.predictor.datasets.base import (
+    CPU_PROFILES,
     DEINFER_RTX3080,
     IGNITER_V100,
     RAPP_V100,
@@ -24,6 +28,7 @@ from services.predictor.datasets.base import (
     Queries,
     Samples,
 )
+from services.predictor.datasets.cpu_profiles import CpuProfiles, Member, member_row, threads_for
 from services.predictor.datasets.deinfer_rtx3080 import STATIC
 from services.predictor.datasets.igniter_v100 import METRICS, IgniterProfiles
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
@@ -86,13 +91,18 @@ class ProfileBook:
                     self._anchors[(str(name), config)] = float(samples.target[i])
         if isinstance(self.profiles, IgniterProfiles):
             self.models = set(self.profiles.solo)
+        if isinstance(self.profiles, CpuProfiles):
+            self.models = set(self.profiles.static)
 
     def _known(self, model: str) -> None:
         if model not in self.models:
             raise UnknownModel(f"no profile for model {model!r} in the training data")
 
     def solo_latency(self, placement: Placement) -> float:
-        """iGniter: the solo table at (batch, share); other data sets: NaN."""
+        """iGniter, cpu-profiles: the solo table at (batch, share); other data sets: NaN."""
+        if isinstance(self.profiles, CpuProfiles):
+            self._known(placement.model)
+            return self._cpu_solo(self.profiles, placement)
         if not isinstance(self.profiles, IgniterProfiles):
             return float("nan")
         self._known(placement.model)
@@ -115,7 +125,10 @@ class ProfileBook:
         columns: dict[str, FloatArray] = {
             n: np.array([row[n] for row in rows], dtype=np.float64) for n in names
         }
-        corunners = [q.corunners[0].model if q.corunners else "" for q in batch]
+        if self.dataset == CPU_PROFILES:
+            corunners = [";".join(c.model for c in q.corunners) for q in batch]
+        else:
+            corunners = [q.corunners[0].model if q.corunners else "" for q in batch]
         return Queries(
             self.dataset,
             np.array([q.target.model for q in batch], dtype=np.str_),
@@ -129,6 +142,8 @@ class ProfileBook:
             return self._igniter_row(query)
         if self.dataset == DEINFER_RTX3080:
             return self._deinfer_row(query)
+        if self.dataset == CPU_PROFILES:
+            return self._cpu_row(query)
         return self._rapp_row(query)
 
     def _igniter_row(self, query: Query) -> dict[str, float]:
@@ -181,3 +196,25 @@ class ProfileBook:
         for anchor in ANCHORS:
             row[anchor_name(anchor)] = self._anchors.get((own.model, anchor), float("nan"))
         return row
+
+    @staticmethod
+    def _cpu_solo(profiles: CpuProfiles, placement: Placement) -> float:
+        key = (placement.model, placement.batch, placement.share)
+        if key not in profiles.solo:
+            raise UnknownModel(
+                f"no solo profile for {placement.model} at batch {placement.batch}, "
+                f"share {placement.share}"
+            )
+        return profiles.solo[key]
+
+    def _cpu_row(self, query: Query) -> dict[str, float]:
+        if not query.corunners:
+            raise InvalidQuery("cpu-profiles predicts co-location: give at least one co-runner")
+        profiles = self.profiles
+        assert isinstance(profiles, CpuProfiles)
+        members = []
+        for placement in (query.target, *query.corunners):
+            self._cpu_solo(profiles, placement)
+            threads = threads_for(placement.share, profiles.device_threads)
+            members.append(Member(placement.model, placement.batch, placement.share, threads))
+        return member_row(profiles, members[0], members[1:], float(profiles.device_threads))

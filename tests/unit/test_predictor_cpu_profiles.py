@@ -14,9 +14,11 @@ from deinfer.cli import main
 from services.predictor import datasets, splits
 from services.predictor.backends import make_backend
 from services.predictor.baselines import BASELINES
+from services.predictor.core import PredictorCore
 from services.predictor.datasets.base import DatasetError
 from services.predictor.datasets.cpu_profiles import CpuProfiles
 from services.predictor.metrics import score
+from services.predictor.placements import InvalidQuery, Placement, Query, UnknownModel
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "cpu-profiles"
 
@@ -96,3 +98,27 @@ def test_cli_evaluate_held_out_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     report = json.loads(capsys.readouterr().out)
     assert report["n_test"] == len(held) and report["n_train"] == len(rows) - len(held)
     assert report["backend"] == "forest" and np.isfinite(report["mape"])
+
+
+def test_service_core_answers_pairs_triples_and_solo(tmp_path: Path) -> None:
+    data = tmp_path / "cpu"
+    shutil.copytree(DATA, data)
+    core = PredictorCore(tmp_path / "artifacts")
+    core.train(datasets.CPU_PROFILES, data)
+    solo = datasets.load(datasets.CPU_PROFILES, data).queries.profiles
+    assert isinstance(solo, CpuProfiles)
+    resnet = Placement("resnet18", 4, 0.5)
+    pair = Query(resnet, (Placement("mobilenet_v2", 4, 0.5),))
+    triple = Query(resnet, (Placement("mobilenet_v2", 1, 0.5), Placement("tiny_bert", 1, 0.5)))
+    alone, two, three = core.predict([Query(resnet), pair, triple])
+    assert alone.slowdown == 0.0 and alone.latency_ms == solo.solo[("resnet18", 4, 0.5)]
+    for answer in (two, three):
+        assert answer.solo_latency_ms == alone.latency_ms
+        assert answer.latency_ms == pytest.approx(alone.latency_ms * (1 + answer.slowdown))
+        assert answer.slowdown > 0.0  # every trained model slows down next to a co-runner
+    with pytest.raises(UnknownModel, match="no solo profile"):
+        core.predict([Query(Placement("resnet18", 3, 0.5), pair.corunners)])
+    with pytest.raises(UnknownModel):
+        core.predict([Query(Placement("vgg", 1, 0.5), pair.corunners)])
+    with pytest.raises(InvalidQuery):
+        core.predict([Query(Placement("resnet18", 1, 1.5), pair.corunners)])

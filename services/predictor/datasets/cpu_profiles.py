@@ -89,6 +89,65 @@ def _name(model_version: str) -> str:
     return model_version.rsplit("/", 1)[0]
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model of a co-location: where it runs (threads as the profiler mapped the share)."""
+
+    model: str
+    batch: int
+    share: float
+    threads: float
+
+
+def threads_for(share: float, device_threads: int) -> float:
+    """The profiler's and worker's share -> intra-op threads rule (docs/profiling.md)."""
+    return float(max(1, round(share * device_threads)))
+
+
+def member_row(
+    profiles: CpuProfiles, own: Member, others: list[Member], device_threads: float
+) -> dict[str, float]:
+    """The known columns of one target next to its co-runners (NaN where not profiled)."""
+    static = profiles.static
+    nan = float("nan")
+    row: dict[str, float] = {
+        "batch": float(own.batch),
+        "share": own.share,
+        "threads": own.threads,
+        "device_threads": device_threads,
+        "solo_ms": profiles.solo.get((own.model, own.batch, own.share), nan),
+    }
+    for name in STATIC:
+        row[name] = static.get(own.model, {}).get(name, nan)
+    co_solo = [profiles.solo.get((m.model, m.batch, m.share), nan) for m in others]
+    co_flops = [static.get(m.model, {}).get("flops", nan) * m.batch for m in others]
+    co_bytes = [static.get(m.model, {}).get("bytes_moved", nan) * m.batch for m in others]
+    row["corunners"] = float(len(others))
+    row["co_threads"] = sum(m.threads for m in others)
+    row["co_share"] = sum(m.share for m in others)
+    row["co_solo_ms_sum"] = sum(co_solo)
+    row["co_solo_ms_max"] = max(co_solo)
+    row["co_flops"] = sum(co_flops)
+    row["co_bytes"] = sum(co_bytes)
+    # Co-runners' compute and memory rates alone: their pressure on shared cores and caches.
+    row["co_gflops_rate"] = sum(f / t for f, t in zip(co_flops, co_solo, strict=True)) / 1e6
+    row["co_gbytes_rate"] = sum(b / t for b, t in zip(co_bytes, co_solo, strict=True)) / 1e6
+    return row
+
+
+def _members(row: dict[str, str], path: Path) -> list[Member]:
+    names = [_name(item) for item in _split(row["corunner_models"])]
+    try:
+        batches = [int(float(b)) for b in _split(row["corunner_batches"])]
+        shares = [float(s) for s in _split(row["corunner_shares"])]
+        threads = [float(t) for t in _split(row["corunner_threads"])]
+    except ValueError as exc:
+        raise DatasetError(f"{path}: row {row['experiment_id']}: bad co-runner value") from exc
+    if not names or not len(names) == len(batches) == len(shares) == len(threads):
+        raise DatasetError(f"{path}: row {row['experiment_id']} has malformed co-runners")
+    return [Member(*member) for member in zip(names, batches, shares, threads, strict=True)]
+
+
 def load(folder: Path, fallback: object = None) -> Samples:
     path = folder / COLOCATION
     if not path.exists():
@@ -107,48 +166,18 @@ def load(folder: Path, fallback: object = None) -> Samples:
     values: dict[str, list[float]] = defaultdict(list)
     target: list[float] = []
     for row in rows:
-        names = [_name(item) for item in _split(row["corunner_models"])]
-        batches = [int(float(b)) for b in _split(row["corunner_batches"])]
-        shares = [float(s) for s in _split(row["corunner_shares"])]
-        threads = [float(t) for t in _split(row["corunner_threads"])]
-        if not names or not len(names) == len(batches) == len(shares) == len(threads):
-            raise DatasetError(f"{path}: row {row['experiment_id']} has malformed co-runners")
-        model = row["model"]
-        batch = int(_float(row, "batch", path))
-        share = _float(row, "share", path)
-        models.append(model)
-        corunners.append(CORUNNER_SEPARATOR.join(names))
-        values["batch"].append(batch)
-        values["share"].append(share)
-        values["threads"].append(_float(row, "threads", path))
-        values["device_threads"].append(_float(row, "device_threads", path))
-        values["solo_ms"].append(profiles.solo.get((model, batch, share), np.nan))
-        for name in STATIC:
-            values[name].append(static[model][name])
-        co_solo = [
-            profiles.solo.get(key, np.nan) for key in zip(names, batches, shares, strict=True)
-        ]
-        co_flops = [
-            static.get(n, {}).get("flops", np.nan) * b for n, b in zip(names, batches, strict=True)
-        ]
-        co_bytes = [
-            static.get(n, {}).get("bytes_moved", np.nan) * b
-            for n, b in zip(names, batches, strict=True)
-        ]
-        values["corunners"].append(len(names))
-        values["co_threads"].append(sum(threads))
-        values["co_share"].append(sum(shares))
-        values["co_solo_ms_sum"].append(sum(co_solo))
-        values["co_solo_ms_max"].append(max(co_solo))
-        values["co_flops"].append(sum(co_flops))
-        values["co_bytes"].append(sum(co_bytes))
-        # Co-runners' compute and memory rates alone: their pressure on shared cores/caches.
-        values["co_gflops_rate"].append(
-            sum(f / s for f, s in zip(co_flops, co_solo, strict=True)) / 1e6
+        others = _members(row, path)
+        own = Member(
+            row["model"],
+            int(_float(row, "batch", path)),
+            _float(row, "share", path),
+            _float(row, "threads", path),
         )
-        values["co_gbytes_rate"].append(
-            sum(b / s for b, s in zip(co_bytes, co_solo, strict=True)) / 1e6
-        )
+        models.append(own.model)
+        corunners.append(CORUNNER_SEPARATOR.join(m.model for m in others))
+        known = member_row(profiles, own, others, _float(row, "device_threads", path))
+        for name, value in known.items():
+            values[name].append(value)
         target.append(_float(row, "p50_ms", path))
     columns: dict[str, FloatArray] = {
         name: np.asarray(items, dtype=np.float64) for name, items in values.items()
