@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,11 @@ import pytest
 
 from deinfer._redis import redis_argv, wait_redis
 from deinfer.protos.v1 import common_pb2
+
+# The public profiling data (../shared/data beside the checkout); tests that need it skip without.
+SHARED_DATA = Path(
+    os.environ.get("DEINFER_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 # The signature of the zoo's tiny_cnn, as the registry would record it.
 TINY_CNN = common_pb2.ModelSpec(

@@ -16,9 +16,9 @@ from deinfer._processes import spawn, stop_group, wait_healthy
 from deinfer.protos.v1 import predictor_pb2, predictor_pb2_grpc
 from services.controller.planning.predictor import LatencyQuery, Placement
 from services.controller.planning.predictor_grpc import GrpcLatencyPredictor
-from tests.conftest import free_port
+from tests.conftest import SHARED_DATA, free_port
 
-DATA = Path(os.environ.get("DEINFER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = SHARED_DATA
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(180),

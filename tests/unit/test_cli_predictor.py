@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from deinfer.cli import main
+from tests.conftest import SHARED_DATA
 
-DATA = Path(os.environ.get("DEINFER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA}")
 FIELDS = {"dataset", "backend", "n_train", "n_test", "mape", "r2", "mae", "under_rate"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,9 @@ from services.predictor.datasets.base import DatasetError
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name, family
 from services.predictor.graph_encoder import encode, normalised_adjacency
 from services.predictor.metrics import score
+from tests.conftest import SHARED_DATA
 
-DATA = Path(os.environ.get("DEINFER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA}")
 
 

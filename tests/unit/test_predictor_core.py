@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import pytest
 from services.predictor.artifacts import ArtifactError, latest
 from services.predictor.core import NotTrained, PredictorCore
 from services.predictor.placements import InvalidQuery, Placement, Query, UnknownModel
+from tests.conftest import SHARED_DATA
 
-DATA = Path(os.environ.get("DEINFER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA}")
 
 PAIR = Query(Placement("alexnet", 8, 0.4), (Placement("vgg19", 4, 0.6),))
