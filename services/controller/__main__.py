@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -76,8 +75,8 @@ async def serve(settings: ControllerSettings) -> None:
         await service.run([SERVICE_NAME])
     finally:
         loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
+        # Bounded: whatever the loop is stuck in, SIGTERM must end the process.
+        await asyncio.wait([loop_task], timeout=settings.grace_s)
         await store.close()
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from deinfer.protos.v1 import common_pb2, worker_pb2
+from services.common.aio import wait_event
 from services.common.store import EVENT_MODELS, EVENT_WORKERS, Store
 from services.controller import metrics
 from services.controller.errors import REDIS_ERRORS
@@ -144,8 +145,7 @@ class Reconciler:
         await self.clients.close()
 
     async def _next_trigger(self) -> str:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+        await wait_event(self._wake, self.interval_s)
         self._wake.clear()
         reasons, self._triggers = self._triggers, []
         return ", ".join(reasons) or "periodic check"

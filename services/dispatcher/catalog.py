@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from deinfer.protos.v1 import common_pb2
+from services.common.aio import wait_event
 from services.common.store import EVENT_MODELS, EVENT_PLAN, Store
 from services.dispatcher.errors import invalid_argument, not_found, unavailable
 
@@ -196,8 +197,7 @@ class Catalog:
     async def _refresh_loop(self) -> None:
         while True:
             # An event pokes at once; otherwise re-read every refresh_s (events can be lost).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.refresh_s)
+            await wait_event(self._poke, self.refresh_s)
             self._poke.clear()
             try:
                 await self.refresh()
