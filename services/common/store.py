@@ -32,6 +32,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deinfer.protos.v1 import common_pb2, controller_pb2, profiler_pb2
 
+# What a lost Redis looks like to redis-py (after the Store's own retries gave up).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
 PREFIX = "deinfer:"
 MODELS = PREFIX + "models"
 PLAN = PREFIX + "plan"

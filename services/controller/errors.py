@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-# What a lost Redis looks like to redis-py (after the Store's own retries gave up).
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
 class ControllerError(Exception):

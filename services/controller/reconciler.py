@@ -22,9 +22,8 @@ import grpc
 
 from deinfer.protos.v1 import common_pb2, worker_pb2
 from services.common.aio import wait_event
-from services.common.store import EVENT_MODELS, EVENT_WORKERS, Store
+from services.common.store import EVENT_MODELS, EVENT_WORKERS, REDIS_ERRORS, Store
 from services.controller import metrics
-from services.controller.errors import REDIS_ERRORS
 from services.controller.policy import PlacementPolicy, served_models
 from services.controller.routing import (
     FAILED,

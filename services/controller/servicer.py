@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import grpc
 
 from deinfer.protos.v1 import common_pb2, controller_pb2, controller_pb2_grpc
-from services.common.store import Store
-from services.controller.errors import REDIS_ERRORS, ControllerError
+from services.common.store import REDIS_ERRORS, Store
+from services.controller.errors import ControllerError
 from services.controller.rates import RateReports
 from services.controller.reconciler import Reconciler
 from services.controller.registry import Registry

@@ -10,7 +10,8 @@ import grpc
 from prometheus_client import Counter
 
 from deinfer.protos.v1 import profiler_pb2, profiler_pb2_grpc
-from services.profiler.errors import REDIS_ERRORS, ProfilerError
+from services.common.store import REDIS_ERRORS
+from services.profiler.errors import ProfilerError
 from services.profiler.profiling import Profiler
 
 log = logging.getLogger(__name__)

@@ -132,6 +132,29 @@ def _grid(
     return out
 
 
+def _latency_only(
+    tables: dict[str, dict[int, dict[float, float]]], cv: float
+) -> dict[str, SoloProfile]:
+    """Solo profiles from {model: {batch: {share: ms}}} tables without L2/DRAM counters."""
+    models = {}
+    for model, table in tables.items():
+        batches = sorted(table)
+        shares = sorted({s for row in table.values() for s in row})
+        weights, item = _memory(model)
+        models[model] = SoloProfile(
+            model=model,
+            batches=tuple(batches),
+            shares=np.array(shares),
+            latency_ms=_grid(table, batches, shares),
+            l2=None,
+            dram=None,
+            cv=cv,
+            weights_mb=weights,
+            item_mb=item,
+        )
+    return models
+
+
 def _memory(model: str) -> tuple[float, float]:
     return _MEMORY_MB.get(model, _DEFAULT_MEMORY_MB)
 
@@ -199,22 +222,7 @@ def _load_rapp(folder: Path) -> ProfileSet:
                 continue
             table = tables[row["model_name"]]
             table[int(row["batch"])][int(row["sm"]) / 100] = float(row["latency"])
-    models = {}
-    for model, table in tables.items():
-        batches = sorted(table)
-        shares = sorted({s for row in table.values() for s in row})
-        weights, item = _memory(model)
-        models[model] = SoloProfile(
-            model=model,
-            batches=tuple(batches),
-            shares=np.array(shares),
-            latency_ms=_grid(table, batches, shares),
-            l2=None,
-            dram=None,
-            cv=_RAPP_CV,
-            weights_mb=weights,
-            item_mb=item,
-        )
+    models = _latency_only(tables, _RAPP_CV)
     return ProfileSet("rapp-v100", "v100", 16_000.0, models, ())
 
 
@@ -229,20 +237,6 @@ def _load_deinfer(folder: Path) -> ProfileSet:
             if match:
                 model, batch, share, seconds = match.groups()
                 tables[model][int(batch)][int(share) / 100] = float(seconds) * 1e3
-    models = {}
-    for model, table in tables.items():
-        batches = sorted(table)
-        shares = sorted({s for row in table.values() for s in row})
-        weights, item = _memory(model)
-        models[model] = SoloProfile(
-            model=model,
-            batches=tuple(batches),
-            shares=np.array(shares),
-            latency_ms=_grid(table, batches, shares),
-            l2=None,
-            dram=None,
-            cv=0.02,  # no spread recorded: assumed like the V100 TensorRT runs
-            weights_mb=weights,
-            item_mb=item,
-        )
+    # No spread recorded: assumed like the V100 TensorRT runs.
+    models = _latency_only(tables, 0.02)
     return ProfileSet("deinfer-rtx3080", "rtx3080", 10_000.0, models, ())
