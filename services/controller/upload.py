@@ -6,7 +6,7 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 from deinfer.protos.v1 import controller_pb2
-from services.controller.errors import invalid_argument, resource_exhausted
+from services.controller.errors import ControllerError, invalid_argument, resource_exhausted
 from services.controller.registry import validate_max_batch_size, validate_name, validate_slo
 
 
@@ -28,9 +28,13 @@ async def receive_upload(
     async for request in requests:
         if header is None:
             header = request
-            validate_name(header.name)
-            validate_slo(header.slo_ms)
-            validate_max_batch_size(header.max_batch_size)
+            try:
+                validate_name(header.name)
+                validate_slo(header.slo_ms)
+                validate_max_batch_size(header.max_batch_size)
+            except ControllerError:
+                await _drain(requests, len(request.chunk))
+                raise
         else:
             _check_repeated_header(header, request)
         if len(data) + len(request.chunk) > max_bytes:
@@ -46,6 +50,18 @@ async def receive_upload(
     if not data:
         raise invalid_argument("the ONNX file is empty: no message carried a chunk")
     return Upload(header.name, header.slo_ms, header.max_batch_size, bytes(data))
+
+
+# A refused header still lets a small upload finish sending: aborting while the client writes
+# makes grpcio's client report INTERNAL ("SendMessageOperation" failed) instead of our status.
+_DRAIN_BYTES = 8 << 20
+
+
+async def _drain(requests: AsyncIterable[controller_pb2.RegisterModelRequest], seen: int) -> None:
+    async for request in requests:
+        seen += len(request.chunk)
+        if seen > _DRAIN_BYTES:
+            return
 
 
 def _check_repeated_header(
