@@ -9,6 +9,9 @@ request sent ends as a result or an explicit error, with at most 1 % errors.
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +87,14 @@ def test_a_3x_rate_rise_is_replanned_without_losing_requests(tmp_path: Path, zoo
             before = client.get_plan()
             report = asyncio.run(paced(stack.url, [(RATE, 4.0), (3 * RATE, 16.0)]))
             after = client.get_plan()
+            cli = [sys.executable, "-m", "deinfer.cli", "--url", stack.url]
+            status_out = subprocess.run(
+                [*cli, "--controller", stack.controller_url, "status"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
     finally:
         stack.stop()
 
@@ -99,5 +110,11 @@ def test_a_3x_rate_rise_is_replanned_without_losing_requests(tmp_path: Path, zoo
     assert errors <= 0.01 * report.sent, report.codes
     assert after.policy == "deinfer"
     assert after.version > before.version
+    assert len(stack.worker_ids) == 2
+    # `deinfer status` (the operator's view) shows the re-planned version (or a later one, if
+    # the rate's fall after the load was already re-planned) and its policy.
+    shown = re.search(r"plan version (\d+) \(policy deinfer,", status_out)
+    assert shown is not None, status_out
+    assert int(shown.group(1)) >= after.version
     planned = sum(i.planned_throughput for i in after.instances if i.model == "tiny_cnn")
     assert planned == pytest.approx(3 * RATE, rel=0.35)
