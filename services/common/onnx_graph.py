@@ -7,7 +7,8 @@ other symbolic dimension, then ONNX shape inference gives every tensor's shape.
 
 Conventions (per sample):
 - `macs`: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul (the "1.8 G" usually
-  quoted for ResNet-18 at 224x224 is this number).
+  quoted for ResNet-18 at 224x224 is this number), and of the gate projections of LSTM, GRU
+  and RNN over every step.
 - `flops`: 2 x macs, plus one FLOP per output element of bias adds and elementwise ops, a
   fixed small cost per element for normalisation and softmax, and one per window element for
   pooling and reductions (`ELEMENT_COST`, `POOL_OPS`). Data movement (Reshape, Gather,
@@ -126,6 +127,11 @@ INPUT_REDUCTIONS = frozenset(
         "ArgMin",
     }
 )
+# Recurrent layers: gates per step, each projecting the input and the hidden state.
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+# Their FLOPs per hidden unit, step and direction besides the projections: bias adds, gate
+# activations and the state update (LSTM: 8 + 4 + 3 + tanh + 1; GRU: 6 + 3 + 5; RNN: 2 + 1).
+RECURRENT_ELEMENT_COST = {"LSTM": 17.0, "GRU": 14.0, "RNN": 3.0}
 # Ops that look only at their input's shape, never its data.
 SHAPE_ONLY = frozenset({"Shape", "Size"})
 # Ops that read only the rows their indices select: the table costs what they write.
@@ -310,6 +316,8 @@ def node_cost(
     if out is None:
         return 0.0, 0.0
     first = inputs[0] if inputs else None
+    if op in RECURRENT_GATES:
+        return _recurrent_cost(node, inputs)
     if op in MAC_OPS:
         macs = _macs(node, inputs, out)
         has_bias = len(inputs) > 2 and inputs[2] is not None
@@ -343,6 +351,20 @@ def _macs(node: onnx.NodeProto, inputs: Sequence[_Tensor | None], out: _Tensor) 
         return float(out.elements * k)
     # MatMul: every output element is a dot product over A's last dimension.
     return float(out.elements * a.shape[-1])
+
+
+def _recurrent_cost(node: onnx.NodeProto, inputs: Sequence[_Tensor | None]) -> tuple[float, float]:
+    """LSTM/GRU/RNN: X [seq, batch, in] (layout 1: [batch, seq, in]), W [dirs, gates*H, in]."""
+    x = inputs[0] if inputs else None
+    r = inputs[2] if len(inputs) > 2 else None
+    if x is None or r is None or len(x.shape) != 3 or len(r.shape) != 3:
+        return 0.0, 0.0
+    steps_and_batch = x.shape[0] * x.shape[1]  # the same product in either layout
+    directions, _, hidden = r.shape
+    gates = RECURRENT_GATES[node.op_type]
+    macs = float(steps_and_batch * directions * gates * hidden * (x.shape[2] + hidden))
+    elementwise = steps_and_batch * directions * hidden * RECURRENT_ELEMENT_COST[node.op_type]
+    return macs, 2.0 * macs + elementwise
 
 
 def _edges(nodes: Sequence[onnx.NodeProto]) -> list[tuple[int, int]]:

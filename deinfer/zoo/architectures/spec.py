@@ -16,7 +16,7 @@ Transpose+LayerNormalization).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -64,6 +64,15 @@ class ShapeGraphBuilder(GraphBuilder):
             entry.value = value
         self._offset += length
         return name
+
+    def multi_op(
+        self, op_type: str, inputs: Sequence[str], outputs: int, **attrs: Any
+    ) -> list[str]:
+        """A node with several outputs (e.g. Split); returns their names."""
+        base = self.fresh(op_type.lower())
+        names = [f"{base}_out{i}" for i in range(outputs)]
+        self._graph.node.append(helper.make_node(op_type, list(inputs), names, name=base, **attrs))
+        return names
 
     # ------------------------------------------------------------------- layers
     def conv2d(
