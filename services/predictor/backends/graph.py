@@ -1,36 +1,57 @@
 """Graph backend: each model is a graph, encoded SIGN-style, then a tree regressor.
 
-None of the three public data sets ships operator graphs (RaPP's `graph_features_all_models`
-files hold only its latency table), so the graph of a model here is its known profile: nodes
-are profiled configurations (iGniter: the solo batch x share grid; DeInfer: the static rows
-per batch; RaPP: the five anchors), edges join neighbouring configurations, node features are
-the measured values there. The query's own configuration and the target's and co-runners'
-graph encodings form the regressor's input; no per-row static column is used.
+Operator graphs first: where the ONNX operator graph of a row's target and of every co-runner
+is known (`operator_graph`: the public data sets' architectures from
+services/predictor/operator_graphs.py, DeInfer's zoo for cpu-profiles), the regressor's input
+is the query's configuration and the profiled solo values the serving system knows (the
+forest's features), the target's operator-graph embedding and the mean of its co-runners'
+(graph_encoder.operator_embedding; 1..N co-runners keep one width). How much of the embedding
+to use (global totals, hop 0, or every SIGN hop) is chosen per fit by held-out-model folds
+inside the training data. Such a model needs no co-location profile of its own.
+
+Fallback, for rows whose models have no operator graph: the model's known profile as its
+graph. Nodes are profiled configurations (iGniter: the solo batch x share grid; DeInfer: the
+static rows per batch; RaPP: the five anchors; cpu-profiles: the solo grid), edges join
+neighbouring configurations, node features are the measured values there; the query's own
+configuration and the target's and co-runners' encodings form that regressor's input.
+`GraphBackend.describe()` says which encoding the fit and the last prediction used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
-from services.predictor import features
-from services.predictor.backends.base import LogRatioBackend, Regressor
-from services.predictor.backends.forest import make_forest
+from services.common import onnx_graph
+from services.predictor import features, operator_graphs, splits
+from services.predictor.backends.base import Backend, LogRatioBackend, NotFittedError, Regressor
+from services.predictor.backends.forest import ForestBackend, make_forest
 from services.predictor.datasets.base import (
     CPU_PROFILES,
     DEINFER_RTX3080,
     IGNITER_V100,
+    RAPP_V100,
     FloatArray,
+    IntArray,
     Queries,
+    Samples,
 )
 from services.predictor.datasets.cpu_profiles import CpuProfiles
 from services.predictor.datasets.deinfer_rtx3080 import DeinferProfiles
 from services.predictor.datasets.igniter_v100 import IgniterProfiles
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
-from services.predictor.graph_encoder import encode
+from services.predictor.graph_encoder import (
+    NODE_FEATURES,
+    OPERATOR_HOPS,
+    OPERATOR_POOLS,
+    TOTALS,
+    encode,
+    operator_embedding,
+)
 
 Graph = tuple[FloatArray, list[tuple[int, int]]]
 
@@ -191,8 +212,10 @@ def graph_design(q: Queries) -> FloatArray:
     return np.array(rows, dtype=np.float64)
 
 
-class GraphBackend(LogRatioBackend):
-    name: ClassVar[str] = "graph"
+class ProfileGraphBackend(LogRatioBackend):
+    """The fallback: trees on the query's configuration and its models' profile graphs."""
+
+    name: ClassVar[str] = "graph-profile"
 
     def make_regressor(self, dataset: str) -> Regressor:
         return make_forest(dataset)
@@ -200,3 +223,215 @@ class GraphBackend(LogRatioBackend):
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
         matrix = graph_design(queries)
         return tuple(f"g{i}" for i in range(matrix.shape[1])), matrix
+
+
+# ------------------------------------------------------------------ operator graphs
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+@cache
+def operator_graph(dataset: str, model: str) -> onnx_graph.GraphFeatures | None:
+    """The ONNX operator graph of a data set's model (operator_graphs.py: the public data
+    sets' architectures, the runnable zoo for cpu-profiles), or None where none is known."""
+    try:
+        return operator_graphs.operator_graph(dataset, model)
+    except (KeyError, ValueError):  # a model (or data set) without an architecture
+        return None
+
+
+@cache
+def model_embedding(dataset: str, model: str) -> FloatArray | None:
+    """The operator graph's embedding, computed once per process (read-only: it is shared)."""
+    graph = operator_graph(dataset, model)
+    if graph is None:
+        return None
+    embedding = operator_embedding(graph, OPERATOR_HOPS)
+    embedding.setflags(write=False)
+    return embedding
+
+
+def _corunner_names(cell: str) -> list[str]:
+    return [name for name in str(cell).split(";") if name]
+
+
+def covered_rows(queries: Queries) -> BoolArray:
+    """Rows whose target and every co-runner have an operator graph."""
+    names = {str(m) for m in queries.model}
+    for cell in np.unique(queries.corunner):
+        names.update(_corunner_names(str(cell)))
+    known = {name for name in names if model_embedding(queries.dataset, name) is not None}
+    return np.array(
+        [
+            str(model) in known and all(n in known for n in _corunner_names(str(cell)))
+            for model, cell in zip(queries.model, queries.corunner, strict=True)
+        ],
+        dtype=np.bool_,
+    )
+
+
+# Column groups of an embedding (hop-major: every pool of hop 0, then hop 1, ...; then totals).
+_HOP_WIDTH = len(OPERATOR_POOLS) * len(NODE_FEATURES)
+_TOTALS = np.arange(
+    (OPERATOR_HOPS + 1) * _HOP_WIDTH, (OPERATOR_HOPS + 1) * _HOP_WIDTH + len(TOTALS)
+)
+# Candidate views of the embedding, smallest first; grouped inner CV picks one per fit.
+VIEWS: dict[str, IntArray] = {
+    "totals": _TOTALS.astype(np.intp),
+    "hop0": np.concatenate([np.arange(_HOP_WIDTH), _TOTALS]).astype(np.intp),
+    "sign": np.arange(len(_TOTALS) + (OPERATOR_HOPS + 1) * _HOP_WIDTH, dtype=np.intp),
+}
+
+
+def embeddings(queries: Queries) -> tuple[FloatArray, FloatArray | None]:
+    """Per row: the target's embedding, and the mean of its co-runners' (None for data sets
+    without co-location; zeros for a row without co-runners). Rows must be covered."""
+    dataset = queries.dataset
+    width = len(VIEWS["sign"])
+
+    def of(name: str) -> FloatArray:
+        embedding = model_embedding(dataset, name)
+        if embedding is None:
+            raise ValueError(f"{dataset} model {name!r} has no operator graph")
+        return embedding
+
+    target = np.array([of(str(m)) for m in queries.model], dtype=np.float64).reshape(-1, width)
+    if dataset == RAPP_V100:
+        return target, None
+    means: dict[str, FloatArray] = {}
+    for cell in np.unique(queries.corunner):
+        names = _corunner_names(str(cell))
+        means[str(cell)] = np.mean([of(n) for n in names], axis=0) if names else np.zeros(width)
+    others = np.array([means[str(c)] for c in queries.corunner], dtype=np.float64)
+    return target, others.reshape(-1, width)
+
+
+class OperatorGraphBackend(ForestBackend):
+    """The forest's inputs (configuration and known solo profile) plus the target's and the
+    co-runners' operator-graph embeddings, restricted to one view and to the columns that vary
+    over the training models (the rest cannot split a tree)."""
+
+    name: ClassVar[str] = "graph-operator"
+
+    def __init__(self, view: str = "sign") -> None:
+        super().__init__()
+        self.view = view
+        self._columns: IntArray | None = None  # embedding columns kept, within the view
+
+    def _embedding_columns(self, queries: Queries) -> FloatArray:
+        target, others = embeddings(queries)
+        view = VIEWS[self.view]
+        parts = [target[:, view]] if others is None else [target[:, view], others[:, view]]
+        return np.column_stack(parts)
+
+    def keep_varying(self, queries: Queries) -> None:
+        block = self._embedding_columns(queries)
+        self._columns = np.flatnonzero(np.ptp(block, axis=0) > 1e-12).astype(np.intp)
+
+    def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
+        names, base = super().matrix(queries)
+        if self._columns is None:
+            raise NotFittedError("operator-graph columns are chosen in fit")
+        block = self._embedding_columns(queries)[:, self._columns]
+        extra = tuple(f"op{i}" for i in self._columns)
+        return names + extra, np.column_stack([base, block])
+
+    def fit(self, samples: Samples) -> None:
+        self.keep_varying(samples.queries)
+        super().fit(samples)
+
+
+def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
+    """Mean |log error| of each embedding view on held-out-model folds inside `samples`
+    (no margin): the choice is made on training data only."""
+    errors: dict[str, list[FloatArray]] = {view: [] for view in VIEWS}
+    groups = len(np.unique(splits.model_groups(samples)))
+    count = min(2 if samples.dataset == RAPP_V100 else folds, groups)
+    for train, test in splits.held_out_models(samples, count):
+        inner, held = samples.take(train), samples.take(test)
+        for view in VIEWS:
+            candidate = OperatorGraphBackend(view)
+            candidate.keep_varying(inner.queries)
+            regressor, fallback = candidate._fit_once(inner)
+            z_pred = candidate._predict_z(regressor, held.queries)
+            z_true = features.encode(held, features.base_values(held.queries, fallback))
+            errors[view].append(np.abs(z_true - z_pred))
+    return {view: float(np.mean(np.concatenate(e))) for view, e in errors.items() if e}
+
+
+class GraphBackend(Backend):
+    """Operator-graph embeddings where every model of a row has an operator graph; the
+    profile-graph encoding for the other rows."""
+
+    name: ClassVar[str] = "graph"
+    # A view is chosen by held-out-model folds only with this many training models or more.
+    min_models_to_choose: ClassVar[int] = 3
+
+    def __init__(self) -> None:
+        self.operator: OperatorGraphBackend | None = None
+        self.profile: ProfileGraphBackend | None = None
+        self.view_errors: dict[str, float] = {}
+        self.operator_fraction = 0.0  # of training rows encoded with operator graphs
+        self.last_operator_rows = 0
+        self.last_profile_rows = 0
+        self._samples: Samples | None = None
+
+    def fit(self, samples: Samples) -> None:
+        covered = covered_rows(samples.queries)
+        self.operator_fraction = float(covered.mean()) if len(covered) else 0.0
+        self.operator, self.profile, self.view_errors = None, None, {}
+        if covered.all():
+            # The profile fallback is fitted only once a query lacks an operator graph.
+            self._samples = samples
+        else:
+            self._samples = None
+            self.profile = ProfileGraphBackend()
+            self.profile.fit(samples)
+        if not covered.any():
+            return
+        operator_rows = samples.take(np.flatnonzero(covered).astype(np.intp))
+        view = "sign"
+        if len(np.unique(splits.model_groups(operator_rows))) >= self.min_models_to_choose:
+            self.view_errors = view_errors(operator_rows)
+            view = min(self.view_errors, key=lambda v: self.view_errors[v])
+        self.operator = OperatorGraphBackend(view)
+        self.operator.fit(operator_rows)
+
+    def _profile_backend(self) -> ProfileGraphBackend:
+        if self.profile is None:
+            if self._samples is None:
+                raise NotFittedError(f"{self.name} backend is not trained")
+            self.profile = ProfileGraphBackend()
+            self.profile.fit(self._samples)
+        return self.profile
+
+    def predict(self, queries: Queries) -> FloatArray:
+        if self.operator is None and self.profile is None:
+            raise NotFittedError(f"{self.name} backend is not trained")
+        covered = (
+            covered_rows(queries) if self.operator is not None else np.zeros(len(queries), bool)
+        )
+        predicted = np.full(len(queries), np.nan)
+        if covered.any():
+            assert self.operator is not None
+            rows = np.flatnonzero(covered).astype(np.intp)
+            predicted[rows] = self.operator.predict(queries.take(rows))
+        if not covered.all():
+            rows = np.flatnonzero(~covered).astype(np.intp)
+            predicted[rows] = self._profile_backend().predict(queries.take(rows))
+        self.last_operator_rows = int(covered.sum())
+        self.last_profile_rows = int(len(queries) - covered.sum())
+        return predicted
+
+    @property
+    def encoding(self) -> str:
+        """Which graphs the fit used: operator, profile, or both (per row)."""
+        if self.operator_fraction == 1.0:
+            return "operator"
+        return "profile" if self.operator_fraction == 0.0 else "operator+profile"
+
+    def describe(self) -> dict[str, float]:
+        """Numbers for the predictor's metadata: the share of training rows encoded with
+        operator graphs, the embedding view chosen (index into VIEWS, -1: none)."""
+        view = list(VIEWS).index(self.operator.view) if self.operator is not None else -1
+        return {"graph_operator_rows": self.operator_fraction, "graph_operator_view": float(view)}
