@@ -98,6 +98,30 @@ def test_every_data_set_model_resolves_to_a_graph() -> None:
             assert f.macs > 0 and f.params > 0 and f.unresolved_tensors == 0, (dataset, model)
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="public data not available")
+def test_deinfer_models_match_the_sizes_in_its_table() -> None:
+    """DeInfer's table has thop's counts: parameters / 2^20 and MACs per batch / 2^30."""
+    path = SHARED_DATA / "deinfer-rtx3080" / "model_interference_feature2.csv"
+    with path.open() as table:
+        sizes = {
+            row[f"modelname{s}"]: (
+                float(row[f"model_para{s}"]) * 2**20,
+                float(row[f"model_gflops{s}"]) * 2**30 / int(row[f"batchsize{s}"]),
+            )
+            for row in csv.DictReader(table)
+            for s in "12"
+        }
+    # thop skips nn.MultiheadAttention: the transformer is checked term by term below.
+    sizes.pop("transformer", None)
+    assert len(sizes) >= 10
+    for model, (params, macs) in sizes.items():
+        f = operator_graph("deinfer-rtx3080", model)
+        # Folding BatchNorm leaves one bias per channel where PyTorch has scale and shift.
+        assert f.params == pytest.approx(params, rel=0.005), model
+        # thop also counts BatchNorm and activations as MACs.
+        assert f.macs == pytest.approx(macs, rel=0.1) and f.macs <= macs * 1.001, model
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_sizes_match_published_values(name: str, features: dict[str, GraphFeatures]) -> None:
     params, macs = PUBLISHED[name]

@@ -46,16 +46,11 @@ def _square(build: Callable[[str, int, bool], onnx.ModelProto]) -> Builder:
 def _entries() -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
     for name, cfg in resnet.CONFIGS.items():
-        family = name.split("_")[0].rstrip("0123456789")
+        family = next(f for f in ("wide_resnet", "resnext", "resnet") if name.startswith(f))
         entries[name] = (family, IMAGE_224, _resnet(cfg), "")
     for name, (depth, bn) in vgg.CONFIGS.items():
         entries[name] = ("vgg", IMAGE_224, _vgg(depth, bn), "")
-    entries["alexnet"] = (
-        "alexnet",
-        IMAGE_224,
-        lambda name, shape, fold: vgg.build_alexnet(name, shape[-1], fold),
-        "",
-    )
+    entries["alexnet"] = ("alexnet", IMAGE_224, _square(vgg.build_alexnet), "")
     for name, rcfg in regnet.CONFIGS.items():
         entries[name] = ("regnet", IMAGE_224, _regnet(rcfg), "")
     simple: list[tuple[str, str, Callable[[str, int, bool], onnx.ModelProto]]] = [
