@@ -31,6 +31,22 @@ def _log(values: FloatArray) -> FloatArray:
     return np.log(np.maximum(values, 1e-6))
 
 
+# deinfer_features that change with the configuration (shares, copies); every other one is a
+# profile of the pair's two models, constant over the pair's share grid.
+DEINFER_CONFIGURATION = (
+    "a_share",
+    "b_share",
+    "b_copies",
+    "b_share_per_copy",
+    "free_share",
+    "b_l2_pressure",
+    "b_dram_pressure",
+    "b_sm_pressure",
+    "ab_l2",
+    "ab_dram",
+)
+
+
 def deinfer_features(q: Queries) -> Columns:
     """A's sensitivity and B's pressure. Static Nsight columns are measured at 100 % share, so
     B's pressure on shared L2/DRAM/SMs scales with the share B actually gets."""
