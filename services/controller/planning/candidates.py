@@ -9,9 +9,11 @@ predicted slowdowns with these tolerances.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from services.controller.planning.predictor import LatencyPredictor, LatencyQuery, Placement
@@ -23,6 +25,7 @@ SHARES = tuple(round(0.025 * k, 3) for k in range(4, 41))  # 10 % .. 100 % in 2.
 BATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
 SHARES_KEPT = 12  # cheapest admissible shares evaluated per model (raising walks them)
 BATCHES_KEPT = 3  # batches evaluated per share
+SCREEN_FIRST = SHARES_KEPT + 2  # shares screened for every model (all: for those short)
 FILL_QUANTILE = 0.9  # the max delay lets 90 % of batches fill ...
 DELAY_SLO_FRACTION = 0.15  # ... but never exceeds this fraction of the SLO
 
@@ -52,9 +55,18 @@ def solo_latencies(
     shares: Sequence[float] = SHARES,
 ) -> dict[tuple[int, float], float]:
     """Solo latency (s) of every (batch, share) on the grid, batch 1 included."""
-    keys = [(b, s) for b in sorted({1, *batches}) for s in sorted({*SHARES, *shares})]
-    values = predictor.predict([LatencyQuery(Placement(profile, b, s)) for b, s in keys])
+    keys, queries = _solo_queries(profile, tuple(batches), tuple(shares))
+    values = predictor.predict(queries)
     return {k: v / 1e3 for k, v in zip(keys, values, strict=True)}
+
+
+@lru_cache(maxsize=4096)
+def _solo_queries(
+    profile: str, batches: tuple[int, ...], shares: tuple[float, ...]
+) -> tuple[tuple[tuple[int, float], ...], tuple[LatencyQuery, ...]]:
+    """The grid of solo_latencies() and its queries: immutable, built once per grid."""
+    keys = tuple((b, s) for b in sorted({1, *batches}) for s in sorted({*SHARES, *shares}))
+    return keys, tuple(LatencyQuery(Placement(profile, b, s)) for b, s in keys)
 
 
 # FILL_QUANTILE of Gamma(b - 1, 1) by batch b: the time (in mean inter-arrivals) for b - 1
@@ -88,54 +100,63 @@ def candidates_for(
     whenever feasible, so that a re-plan can leave them alone.
     """
     owners, batches, share_parts, s1s, sbs, rates, slos, cvs = [], [], [], [], [], [], [], []
+    memories, groups, leads, runs = [], [], [], []
     by_profile: dict[str, list[int]] = {}
     for k, demand in enumerate(demands):
         by_profile.setdefault(demand.profile_key, []).append(k)
     for key, members in by_profile.items():
         profile = profiles[key]
         table = solo[key]
-        grid = [(b, s) for b in batch_grid(profile.batches) for s in shares]
-        gb = np.array([g[0] for g in grid], dtype=float)
-        gs = np.array([g[1] for g in grid])
-        g1 = np.array([table[(1, g[1])] for g in grid])
-        gf = np.array([table[g] for g in grid])
+        bgrid = batch_grid(profile.batches)
+        nb = len(bgrid)
+        # The grid share by share, batches inner: (share, batch) tables.
+        grid = [(b, s) for s in shares for b in bgrid]
+        gb = np.array(bgrid, dtype=float)
+        gf = np.array([table[g] for g in grid]).reshape(len(shares), nb)
         idx = np.array(members)
-        rate = np.array([instance_rates[k] for k in members])[:, None]
-        slo = np.array([demands[k].slo_ms / 1e3 * (1 - safety) for k in members])[:, None]
-        # Cheap screen, then the SHARES_KEPT cheapest shares left and at each the BATCHES_KEPT
-        # batches with the lowest rough p99: full-batch service plus half the larger of the
-        # fill time and an M/D/1 exponential-tail wait (thinned by the batch), well below
-        # the model's p99 so that the screen drops next to nothing feasible.
-        load = rate * gf[None, :] / gb[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fill = np.minimum(DELAY_SLO_FRACTION * slo, (gb[None, :] - 1) / rate)
-            tail = np.log(np.maximum(load, 0.01) / 0.01) / (2 * (1 - np.minimum(load, 0.99)))
-            rough = gf[None, :] + 0.5 * np.maximum(fill, gf * tail / gb[None, :])
-        ok = (rough <= slo) & (load < 0.95)
-        shape = (len(members), -1, len(shares))
-        ok3 = ok.reshape(shape)
-        score = np.where(ok3, rough.reshape(shape), np.inf)
-        best_batches = np.zeros(score.shape, dtype=bool)
-        ranked = np.argsort(score, axis=1)[:, :BATCHES_KEPT, :]
-        np.put_along_axis(best_batches, ranked, True, axis=1)
-        any_ok = ok3.any(axis=1)
-        cheap_shares = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
-        ok = (ok3 & best_batches & cheap_shares[:, None, :]).reshape(len(members), -1)
+        rate = np.array([instance_rates[k] for k in members])[:, None, None]
+        slo = np.array([demands[k].slo_ms / 1e3 * (1 - safety) for k in members])[:, None, None]
+        # Only the SHARES_KEPT cheapest admissible shares are kept, nearly always the first
+        # ones: screen a few more than that, and all shares only for models short of them.
+        screened = min(len(shares), SCREEN_FIRST)
+        passed, rough = _screen(rate, slo, gb, gf[:screened])
+        kept = np.zeros((len(members), len(shares), nb), dtype=bool)
+        kept[:, :screened] = _keep(passed, rough)
+        short = np.flatnonzero(passed.any(axis=2).sum(axis=1) < SHARES_KEPT)
+        if screened < len(shares) and len(short):
+            kept[short] = _keep(*_screen(rate[short], slo[short], gb, gf))
+        # The smallest batch kept at each share leads its group (see _evaluate).
+        smallest = np.zeros_like(kept)
+        np.put_along_axis(smallest, kept.argmax(axis=2)[:, :, None], True, axis=2)
+        ok = kept.reshape(len(members), -1)
+        lead = (smallest & kept).reshape(len(members), -1)
+        run = np.zeros_like(ok)
         if running is not None and any(running[k] for k in members):
             where = {g: j for j, g in enumerate(grid)}
+            rounded: dict[tuple[int, float], list[int]] = {}
+            for j, g in enumerate(grid):
+                rounded.setdefault((g[0], round(g[1], 3)), []).append(j)
             for row, k in enumerate(members):
                 for config in running[k]:
-                    j = where.get((config[0], round(config[1], 3)))
-                    if j is not None:
-                        ok[row, j] = True
+                    at = where.get((config[0], round(config[1], 3)))
+                    if at is not None:
+                        ok[row, at] = True
+                    # Evaluated for sure: whatever is kept beside the best (see below).
+                    for j in rounded.get(config, []):
+                        run[row, j] = True
         rows, cols = np.nonzero(ok)
+        bcol, scol = cols % nb, cols // nb
+        memories.append(np.array([profile.memory_mb(b) for b in bgrid])[bcol])
+        groups.append(idx[rows] * len(shares) + scol)
+        leads.append(lead[rows, cols])
+        runs.append(run[rows, cols])
         owners.append(idx[rows])
-        batches.append(gb[cols])
-        share_parts.append(gs[cols])
-        s1s.append(g1[cols])
-        sbs.append(gf[cols])
-        rates.append(rate[rows, 0])
-        slos.append(slo[rows, 0])
+        batches.append(gb[bcol])
+        share_parts.append(np.array(shares)[scol])
+        s1s.append(np.array([table[(1, s)] for s in shares])[scol])
+        sbs.append(gf.ravel()[cols])
+        rates.append(rate[rows, 0, 0])
+        slos.append(slo[rows, 0, 0])
         cvs.append(np.full(len(rows), profile.cv))
     if not owners or not sum(len(o) for o in owners):
         return [[] for _ in demands]
@@ -144,7 +165,13 @@ def candidates_for(
     s1, sb = np.concatenate(s1s), np.concatenate(sbs)
     rate_a, slo_a, cv_a = np.concatenate(rates), np.concatenate(slos), np.concatenate(cvs)
     delay = max_delay(rate_a, b, slo_a)
-    tolerance, solo_p99 = tolerances(rate_a, b, delay, s1, sb, cv_a, slo_a)
+    tolerance, solo_p99 = _evaluate(
+        (rate_a, b, delay, s1, sb, cv_a, slo_a),
+        np.concatenate(groups),
+        np.concatenate(leads),
+        np.concatenate(runs),
+        len(demands) * len(shares),
+    )
     keep = np.flatnonzero(tolerance >= 0)
     order = keep[np.lexsort((-tolerance[keep], share[keep], owner[keep]))]
     # One option per (model, share): the first in that order tolerates the most.
@@ -158,24 +185,22 @@ def candidates_for(
                 first[pos] = True
     out: list[list[Candidate]] = [[] for _ in demands]
     chosen = order[first]
-    # Memory by (profile, batch): looked up, not recomputed, for each of the candidates.
-    memory = {
-        (key, batch): profiles[key].memory_mb(batch)
-        for key in by_profile
-        for batch in batch_grid(profiles[key].batches)
-    }
-    keys = [d.profile_key for d in demands]
-    batch_col = b[chosen].astype(int).tolist()
+    if not len(chosen):
+        return out
+    # Rows of plain floats made tuples by tuple.__new__ itself: no Python call per candidate.
     columns = map(
-        Candidate,
-        batch_col,
-        share[chosen].tolist(),
-        delay[chosen].tolist(),
-        s1[chosen].tolist(),
-        sb[chosen].tolist(),
-        tolerance[chosen].tolist(),
-        solo_p99[chosen].tolist(),
-        [memory[keys[k], bb] for k, bb in zip(owner[chosen].tolist(), batch_col, strict=True)],
+        partial(tuple.__new__, Candidate),
+        zip(
+            b[chosen].astype(int).tolist(),
+            share[chosen].tolist(),
+            delay[chosen].tolist(),
+            s1[chosen].tolist(),
+            sb[chosen].tolist(),
+            tolerance[chosen].tolist(),
+            solo_p99[chosen].tolist(),
+            np.concatenate(memories)[chosen].tolist(),
+            strict=True,
+        ),
     )
     # `chosen` runs model by model (sorted by owner first): one slice per model.
     built = list(columns)
@@ -185,9 +210,61 @@ def candidates_for(
     for k, start, end in zip(
         chosen_owner[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
     ):
-        if start < end:  # (no candidate at all: one empty run)
-            out[k] = built[start:end]
+        out[k] = built[start:end]
     return out
+
+
+def _screen(
+    rate: FloatArray, slo: FloatArray, gb: FloatArray, gf: FloatArray
+) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    """Cheap screen of every (model, share, batch): (passes, rough p99). The rough p99 is
+    full-batch service plus half the larger of the fill time and an M/D/1 exponential-tail
+    wait (thinned by the batch), well below the model's p99 so that the screen drops next
+    to nothing feasible. `rate`, `slo`: (models, 1, 1); `gb`: (batches,); `gf`: full-batch
+    solo latency, (shares, batches)."""
+    load = rate * gf / gb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fill = np.minimum(DELAY_SLO_FRACTION * slo, (gb - 1) / rate)
+        tail = np.log(np.maximum(load, 0.01) / 0.01) / (2 * (1 - np.minimum(load, 0.99)))
+        rough = gf + 0.5 * np.maximum(fill, gf * tail / gb)
+    return (rough <= slo) & (load < 0.95), rough
+
+
+def _keep(ok: npt.NDArray[np.bool_], rough: FloatArray) -> npt.NDArray[np.bool_]:
+    """Of the screened (model, share, batch): the SHARES_KEPT cheapest shares that pass,
+    and at each the BATCHES_KEPT batches with the lowest rough p99."""
+    best = np.zeros(ok.shape, dtype=bool)
+    ranked = np.argsort(np.where(ok, rough, np.inf), axis=2)[:, :, :BATCHES_KEPT]
+    np.put_along_axis(best, ranked, True, axis=2)
+    any_ok = ok.any(axis=2)
+    cheap = any_ok & (np.cumsum(any_ok, axis=1) <= SHARES_KEPT)
+    return ok & best & cheap[:, :, None]
+
+
+def _evaluate(
+    columns: tuple[FloatArray, ...],
+    group: npt.NDArray[np.int64],
+    lead: npt.NDArray[np.bool_],
+    running: npt.NDArray[np.bool_],
+    n_groups: int,
+) -> tuple[FloatArray, FloatArray]:
+    """tolerances() of the candidates that can be chosen; the others get -1 (dropped).
+
+    Of a (model, share) group the most tolerant candidate is kept, the smallest batch on
+    ties. Its smallest batch (`lead`) goes first: where it tolerates TOP_SLOWDOWN, the most
+    any candidate can, it is the choice and the group's other batches are never evaluated.
+    Running configurations are always evaluated (they are kept whenever feasible).
+    """
+    tolerance = np.full(len(group), -1.0)
+    solo_p99 = np.full(len(group), np.inf)
+    first = np.flatnonzero(lead | running)
+    tolerance[first], solo_p99[first] = tolerances(*(c[first] for c in columns))
+    settled = np.zeros(n_groups, dtype=bool)
+    settled[group[lead & (tolerance == TOP_SLOWDOWN)]] = True
+    rest = np.flatnonzero(~(lead | running) & ~settled[group])
+    if len(rest):
+        tolerance[rest], solo_p99[rest] = tolerances(*(c[rest] for c in columns))
+    return tolerance, solo_p99
 
 
 # Tolerances are read off the chord of p99(x) between x = 0 and x = TOP_SLOWDOWN. p99 is

@@ -11,11 +11,10 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from services.controller.planning.candidates import (
     SHARES,
@@ -60,12 +59,14 @@ def replicated_candidates(
     result: dict[str, tuple[int, list[Candidate]]] = {}
     failed: dict[str, str] = {}
     pending: dict[str, int] = {}
+    # The most one instance could carry: full share, best batch, 100 % busy.
+    capacity = {
+        key: max(b / solo[key][(b, 1.0)] for b in batch_grid(profiles[key].batches))
+        for key in {m.profile_key for m in models}
+    }
     for m in models:
         rate = max(rates.get(m.name, 0.0), 0.0) * (1 + headroom)
-        table = solo[m.profile_key]
-        # The most one instance could carry: full share, best batch, 100 % busy.
-        capacity = max(b / table[(b, 1.0)] for b in batch_grid(profiles[m.profile_key].batches))
-        pending[m.name] = max(1, math.ceil(rate / capacity))
+        pending[m.name] = max(1, math.ceil(rate / capacity[m.profile_key]))
     by_name = {m.name: m for m in models}
     while pending:
         names = sorted(pending)
@@ -98,28 +99,23 @@ def pack(
     gpus: list[Gpu] | None = None,
 ) -> tuple[list[Gpu], dict[str, str]]:
     """First-fit decreasing with interference checks onto `gpus` (already open, e.g. the
-    kept part of the running plan) and fresh devices; returns the used GPUs and misfits."""
+    kept part of the running plan) and fresh devices; returns the used GPUs and misfits.
+
+    Tried per resident, of the open GPUs it fits (share and memory): the `max_tries`
+    fullest (tight packing), then the `max_tries / 2` emptiest of the rest (most room to
+    raise shares); equal shares in opening order. `max_tries` < 1: all of them."""
     residents = sorted(residents, key=lambda r: (-r.candidate.share, r.demand.name))
     gpus = list(gpus or [])
     taken = {g.device.device_id for g in gpus}
     free = [d for d in devices if d.device_id not in taken]
     unplaced: dict[str, str] = {}
-    # Share, memory and capacity of the open GPUs as arrays: the fit test is vectorised.
-    share = np.zeros(len(devices) + len(gpus))
-    memory = np.zeros_like(share)
-    capacity = np.zeros_like(share)
-    for i, g in enumerate(gpus):
-        share[i], memory[i], capacity[i] = g.share, g.memory_mb, g.device.memory_mb
+    # The open GPUs as (-share, index), kept sorted (fullest first, then opening order):
+    # a placement moves one entry instead of sorting all GPUs for every resident.
+    by_share = sorted((-g.share, i) for i, g in enumerate(gpus))
+    keys = [-g.share for g in gpus]  # each GPU's key in by_share
     for r in residents:
         need = r.candidate
-        n = len(gpus)
-        fit = np.flatnonzero(
-            (share[:n] + need.share <= 1 + SHARE_EPS)
-            & (memory[:n] + need.memory_mb <= capacity[:n])
-        )
-        # Fullest first (tight packing), then the emptiest few (most room to raise shares).
-        ordered = fit[np.argsort(-share[fit], kind="stable")].tolist()
-        tries = ordered[:max_tries] + ordered[max_tries:][-max_tries // 2 :]
+        tries = _tries(gpus, by_share, need, max_tries)
         placed = next((i for i in tries if try_colocate(gpus[i], r, predictor)), None)
         if placed is None:
             fresh = next((d for d in free if need.memory_mb <= d.memory_mb), None)
@@ -128,10 +124,37 @@ def pack(
                 continue
             free.remove(fresh)
             gpus.append(Gpu(fresh, [r]))
-            placed = n
-            capacity[n] = fresh.memory_mb
-        share[placed], memory[placed] = gpus[placed].share, gpus[placed].memory_mb
+            keys.append(-gpus[-1].share)
+            placed = len(gpus) - 1
+        else:
+            del by_share[bisect.bisect_left(by_share, (keys[placed], placed))]
+            keys[placed] = -gpus[placed].share
+        bisect.insort(by_share, (keys[placed], placed))
     return gpus, unplaced
+
+
+def _tries(
+    gpus: list[Gpu], by_share: list[tuple[float, int]], need: Candidate, max_tries: int
+) -> list[int]:
+    """The open GPUs `need` fits, in the order pack tries them."""
+    limit = 1 + SHARE_EPS
+    # share + need.share grows with share: the GPUs with room for the share are a suffix.
+    pos = bisect.bisect_left(by_share, True, key=lambda e: -e[0] + need.share <= limit)
+    end = len(by_share)
+    front, back = (max_tries, (max_tries + 1) // 2) if max_tries > 0 else (end, 0)
+    tries: list[int] = []
+    while pos < end and len(tries) < front:
+        i = by_share[pos][1]
+        pos += 1
+        if gpus[i].memory_mb + need.memory_mb <= gpus[i].device.memory_mb:
+            tries.append(i)
+    emptiest: list[int] = []
+    while end > pos and len(emptiest) < back:
+        end -= 1
+        i = by_share[end][1]
+        if gpus[i].memory_mb + need.memory_mb <= gpus[i].device.memory_mb:
+            emptiest.append(i)
+    return tries + emptiest[::-1]
 
 
 def keep_running(
@@ -183,30 +206,30 @@ def keep_running(
 
 def to_plan(name: str, gpus: list[Gpu], unplaced: dict[str, str]) -> Plan:
     plan = Plan(policy=name, unplaced=dict(unplaced))
-    residents = [(g, r) for g in gpus for r in g.residents]
-    if residents:
-        p99 = batched_latency(
-            [r.rate for _, r in residents],
-            [r.candidate.batch for _, r in residents],
-            [r.candidate.max_delay_s for _, r in residents],
-            [r.candidate.solo_one_s * (1 + r.slowdown) for _, r in residents],
-            [r.candidate.solo_full_s * (1 + r.slowdown) for _, r in residents],
-            [0.0 for _ in residents],
-        ).p99
-    for (g, r), p in zip(residents, p99 if residents else [], strict=True):
-        c = r.candidate
-        plan.instances.append(
-            PlannedInstance(
-                model=r.demand.name,
-                device_id=g.device.device_id,
-                batch=c.batch,
-                share=c.share,
-                max_delay_ms=c.max_delay_s * 1e3,
-                rate=r.rate,
-                predicted_p99_ms=float(p) * 1e3,
-                profile=r.demand.profile_key,
-            )
+    residents = [(g, r, r.candidate) for g in gpus for r in g.residents]
+    if not residents:
+        return plan
+    p99 = batched_latency(
+        [r.rate for _, r, _ in residents],
+        [c.batch for _, _, c in residents],
+        [c.max_delay_s for _, _, c in residents],
+        [c.solo_one_s * (1 + r.slowdown) for _, r, c in residents],
+        [c.solo_full_s * (1 + r.slowdown) for _, r, c in residents],
+        [0.0 for _ in residents],
+    ).p99
+    plan.instances = [
+        PlannedInstance(
+            model=r.demand.name,
+            device_id=g.device.device_id,
+            batch=c.batch,
+            share=c.share,
+            max_delay_ms=c.max_delay_s * 1e3,
+            rate=r.rate,
+            predicted_p99_ms=p * 1e3,
+            profile=r.demand.profile_key,
         )
+        for (g, r, c), p in zip(residents, p99.tolist(), strict=True)
+    ]
     return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,16 +42,35 @@ class Resident:
 class Gpu:
     device: Device
     residents: list[Resident] = field(default_factory=list)
-    # Totals kept up to date by add() / refresh(): placement reads them thousands of times.
+    # Kept up to date by add() / refresh(): placement reads them thousands of times.
     share: float = 0.0
     memory_mb: float = 0.0
+    # Per resident, at its current option: placement, full-batch solo latency, tolerance.
+    placements: list[Placement] = field(default_factory=list, init=False, repr=False)
+    solo_full_s: list[float] = field(default_factory=list, init=False, repr=False)
+    tolerances: list[float] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.refresh()
 
     def refresh(self) -> None:
+        """Recompute the totals and lists (after residents or their options changed)."""
         self.share = sum(r.candidate.share for r in self.residents)
         self.memory_mb = sum(r.candidate.memory_mb for r in self.residents)
+        self.placements = [r.placement() for r in self.residents]
+        self.solo_full_s = [r.candidate.solo_full_s for r in self.residents]
+        self.tolerances = [r.candidate.tolerance for r in self.residents]
+
+    def add(self, resident: Resident) -> None:
+        """Append a resident, the others unchanged: refresh() without the recomputation
+        (the same sums, added in the same order)."""
+        c = resident.candidate
+        self.residents.append(resident)
+        self.share += c.share
+        self.memory_mb += c.memory_mb
+        self.placements.append(resident.placement())
+        self.solo_full_s.append(c.solo_full_s)
+        self.tolerances.append(c.tolerance)
 
     def fits(self, candidate: Candidate) -> bool:
         return (
@@ -84,17 +104,52 @@ def try_colocate(
     A resident whose predicted slowdown exceeds its tolerance is moved to its next option
     with more share (raise a share) while the GPU has room; commits only on success.
     """
+    # Everyone at their current option first (most placements end here): the GPU's lists
+    # and totals hold the residents' part.
+    new = newcomer.candidate
+    if not gpu.fits(new):
+        return False
+    slowdowns = predicted_slowdowns(
+        predictor, [*gpu.placements, newcomer.placement()], [*gpu.solo_full_s, new.solo_full_s]
+    )
+    tolerances = [*gpu.tolerances, new.tolerance]
+    if any(map(operator.gt, slowdowns, tolerances)):
+        return raise_rounds > 0 and _raise_shares(
+            gpu, newcomer, predictor, raise_rounds, slowdowns, tolerances
+        )
+    for r, x in zip(gpu.residents, slowdowns, strict=False):
+        r.slowdown = x
+    newcomer.slowdown = slowdowns[-1]
+    gpu.add(newcomer)
+    return True
+
+
+def _raise_shares(
+    gpu: Gpu,
+    newcomer: Resident,
+    predictor: LatencyPredictor,
+    rounds: int,
+    slowdowns: list[float],
+    tolerances: list[float],
+) -> bool:
+    """try_colocate's rounds that raise shares, from its first round's slowdowns and the
+    tolerances they were compared with."""
     group = [*gpu.residents, newcomer]
     choices = [r.choice for r in group]
-    for _ in range(raise_rounds + 1):
-        options = [r.options[c] for r, c in zip(group, choices, strict=True)]
-        if sum(o.share for o in options) > 1 + SHARE_EPS:
-            return False
-        if sum(o.memory_mb for o in options) > gpu.device.memory_mb:
-            return False
-        placements = [r.placement(c) for r, c in zip(group, choices, strict=True)]
-        slowdowns = predicted_slowdowns(predictor, placements, [o.solo_full_s for o in options])
-        failing = [i for i, o in enumerate(options) if slowdowns[i] > o.tolerance]
+    for round_ in range(rounds + 1):
+        if round_:
+            options = [r.options[c] for r, c in zip(group, choices, strict=True)]
+            if sum([o.share for o in options]) > 1 + SHARE_EPS:
+                return False
+            if sum([o.memory_mb for o in options]) > gpu.device.memory_mb:
+                return False
+            slowdowns = predicted_slowdowns(
+                predictor,
+                [r.placement(c) for r, c in zip(group, choices, strict=True)],
+                [o.solo_full_s for o in options],
+            )
+            tolerances = [o.tolerance for o in options]
+        failing = [i for i, (x, t) in enumerate(zip(slowdowns, tolerances, strict=True)) if x > t]
         if not failing:
             for r, c, x in zip(group, choices, slowdowns, strict=True):
                 r.choice, r.slowdown = c, x

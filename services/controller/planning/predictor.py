@@ -108,7 +108,7 @@ class ProfilePredictor:
         # Keyed by plain tuples: hashing them is far cheaper than hashing dataclasses.
         self._cache: dict[tuple[str, int, float], float] = {}
         self._feature_cache: dict[tuple[str, int, float], tuple[float, float]] = {}
-        self._point_cache: dict[tuple[str, int, float], tuple[float, float, float]] = {}
+        self._point_cache: dict[tuple[str, int, float], tuple[float, float, float, float]] = {}
         if profiles.pairs:
             self.uses_counters = True
             self.weights = self._fit_counter_model()
@@ -131,12 +131,16 @@ class ProfilePredictor:
             cached = self._feature_cache[key] = (l2 / 100, dram / 100)
         return cached
 
-    def _point(self, p: Placement) -> tuple[float, float, float]:
-        """(solo latency, L2, DRAM) in one lookup: the placement loop asks thousands of times."""
+    def _point(self, p: Placement) -> tuple[float, float, float, float]:
+        """(solo latency, L2, DRAM, the target's own part of the slowdown) in one lookup:
+        the placement loop asks thousands of times."""
         key = (p.model, p.batch, p.share)
         cached = self._point_cache.get(key)
         if cached is None:
-            cached = self._point_cache[key] = (self.solo(p), *self._features(p))
+            l2, dram = self._features(p)
+            w = self.weights
+            own = w[0] + w[1] * l2 + w[2] * dram
+            cached = self._point_cache[key] = (self.solo(p), l2, dram, own)
         return cached
 
     def slowdown(self, target: Placement, corunners: Sequence[Placement]) -> float:
@@ -165,30 +169,28 @@ class ProfilePredictor:
         if len(placements) < 2:
             return [self.solo(p) for p in placements]
         w = self.weights
-        n = len(placements)
-        if self.uses_counters:
-            points = [self._point(p) for p in placements]
-            solo = [pt[0] for pt in points]
-            l2_all = sum(pt[1] for pt in points)
-            dram_all = sum(pt[2] for pt in points)
-            share_all = sum(p.share for p in placements)
-            slow = [
-                w[0]
-                + w[1] * l2
-                + w[2] * dram
-                + w[3] * (l2_all - l2)
-                + w[4] * (dram_all - dram)
-                + w[5] * (share_all - p.share)
-                for p, (_, l2, dram) in zip(placements, points, strict=True)
-            ]
-        else:
+        if not self.uses_counters:
+            n = len(placements)
             solo = [self.solo(p) for p in placements]
             share_all = sum(p.share for p in placements)
             slow = [
                 w[0] + w[1] * p.share + w[2] * (share_all - p.share) + w[3] * (n - 1)
                 for p in placements
             ]
-        return [s * (1.0 + max(0.0, x)) for s, x in zip(solo, slow, strict=True)]
+            return [s * (1.0 + max(0.0, x)) for s, x in zip(solo, slow, strict=True)]
+        # The placement loop's hot path: cached points, one pass, the same arithmetic.
+        cache = self._point_cache
+        points = [cache.get((p.model, p.batch, p.share)) or self._point(p) for p in placements]
+        l2_all = sum([pt[1] for pt in points])
+        dram_all = sum([pt[2] for pt in points])
+        share_all = sum([p.share for p in placements])
+        w3, w4, w5 = w[3:]
+        out = []
+        for p, (solo_p, l2, dram, own) in zip(placements, points, strict=True):
+            # `own` is w0 + w1 l2 + w2 dram: the same sum, added in the same order.
+            x = own + w3 * (l2_all - l2) + w4 * (dram_all - dram) + w5 * (share_all - p.share)
+            out.append(solo_p * (1.0 + (x if x > 0.0 else 0.0)))  # max(0.0, x), NaN too
+        return out
 
     def _fit_counter_model(self) -> tuple[float, ...]:
         rows, targets = [], []

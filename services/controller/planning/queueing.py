@@ -183,7 +183,10 @@ def batched_latency(
     s1 = np.asarray(service_one, dtype=float)
     sb = np.asarray(service_full, dtype=float)
     cv2 = np.asarray(cv, dtype=float) ** 2
-    lam, b, d, s1, sb, cv2 = (np.array(a) for a in np.broadcast_arrays(lam, b, d, s1, sb, cv2))
+    args: tuple[FloatArray, ...] = (lam, b, d, s1, sb, cv2)
+    if any(a.shape != lam.shape for a in args):
+        args = tuple(np.broadcast_arrays(*args))
+    lam, b, d, s1, sb, cv2 = (np.array(a) for a in args)
     if b.ndim == 1 and len(b) > 4096 and len(np.unique(b)) > 1:
         # The moment sums run to the batch size: evaluate each batch size on its own.
         parts = [
@@ -201,7 +204,8 @@ def batched_latency(
     # collecting: its collection window is the delay plus the queueing wait. Fixed point on
     # the window (the wait shrinks as batches grow).
     window = d
-    for _ in range(FIXED_POINT_ROUNDS):
+    # Batches of at most one: no moment depends on the window, nothing to iterate.
+    for _ in range(FIXED_POINT_ROUNDS if b.size and b.max() > 1 else 0):
         m = _batch_moments(lam, b, window, s1, sb, cv2, q)
         busy = np.minimum(m.rho, 1.0) * m.es / 2 + np.where(np.isfinite(m.wait), m.wait, b / lam)
         window = (window + d + busy) / 2
