@@ -73,6 +73,10 @@ def test_mean_regressor_averages_and_clips_to_headroom() -> None:
     assert runaway.predict(matrix) == pytest.approx(np.full(3, np.log1p(1.25 * 0.2)))
     below = MeanRegressor([_Constant(-1.0)]).fit(matrix, target)
     assert below.predict(matrix) == pytest.approx(np.zeros(3))
+    weighted = MeanRegressor([_Constant(0.0), _Constant(0.2)], weights=(3, 1)).fit(matrix, target)
+    assert weighted.predict(matrix) == pytest.approx(np.full(3, 0.05))
+    with pytest.raises(ValueError):
+        MeanRegressor([_Constant(0.0)], weights=(1, 1))
 
 
 @pytest.fixture(scope="module")

@@ -65,11 +65,20 @@ class AmplitudeShapeRegressor:
 
 
 class MeanRegressor:
-    """The mean of several regressors' predictions, clipped to a margin around the training
-    targets: a linear trend extrapolated to an unseen model must not run away."""
+    """The weighted mean of several regressors' predictions, clipped to a margin around the
+    training targets: a linear trend extrapolated to an unseen model must not run away."""
 
-    def __init__(self, members: Sequence[Regressor], headroom: float = 0.25) -> None:
+    def __init__(
+        self,
+        members: Sequence[Regressor],
+        weights: Sequence[float] | None = None,
+        headroom: float = 0.25,
+    ) -> None:
         self.members = list(members)
+        raw = np.ones(len(self.members)) if weights is None else np.asarray(weights, np.float64)
+        if raw.shape != (len(self.members),) or (raw < 0).any() or raw.sum() <= 0:
+            raise ValueError("one non-negative weight per member, not all zero")
+        self.weights = raw / raw.sum()
         self.headroom = headroom
         self.low = -np.inf
         self.high = np.inf
@@ -83,6 +92,6 @@ class MeanRegressor:
         return self
 
     def predict(self, matrix: FloatArray) -> FloatArray:
-        predictions = [np.asarray(m.predict(matrix), dtype=np.float64) for m in self.members]
-        mean = np.mean(predictions, axis=0)
+        predictions = np.stack([np.asarray(m.predict(matrix), np.float64) for m in self.members])
+        mean = self.weights @ predictions
         return np.asarray(np.clip(mean, self.low, self.high), dtype=np.float64)
