@@ -120,10 +120,14 @@ def candidates_for(
         # ones: screen a few more than that, and all shares only for models short of them.
         screened = min(len(shares), SCREEN_FIRST)
         passed, rough = _screen(rate, slo, gb, gf[:screened])
-        kept = np.zeros((len(members), len(shares), nb), dtype=bool)
-        kept[:, :screened] = _keep(passed, rough)
         short = np.flatnonzero(passed.any(axis=2).sum(axis=1) < SHARES_KEPT)
-        if screened < len(shares) and len(short):
+        rescreen = screened < len(shares) and len(short) > 0
+        has_running = running is not None and any(running[k] for k in members)
+        # The shares looked at from here on: those screened, unless some need them all.
+        span = len(shares) if rescreen or has_running else screened
+        kept = np.zeros((len(members), span, nb), dtype=bool)
+        kept[:, :screened] = _keep(passed, rough)
+        if rescreen:
             kept[short] = _keep(*_screen(rate[short], slo[short], gb, gf))
         # The smallest batch kept at each share leads its group (see _evaluate).
         smallest = np.zeros_like(kept)
@@ -131,7 +135,7 @@ def candidates_for(
         ok = kept.reshape(len(members), -1)
         lead = (smallest & kept).reshape(len(members), -1)
         run = np.zeros_like(ok)
-        if running is not None and any(running[k] for k in members):
+        if running is not None and has_running:
             where = {g: j for j, g in enumerate(grid)}
             rounded: dict[tuple[int, float], list[int]] = {}
             for j, g in enumerate(grid):

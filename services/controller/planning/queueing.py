@@ -184,9 +184,8 @@ def batched_latency(
     sb = np.asarray(service_full, dtype=float)
     cv2 = np.asarray(cv, dtype=float) ** 2
     args: tuple[FloatArray, ...] = (lam, b, d, s1, sb, cv2)
-    if any(a.shape != lam.shape for a in args):
-        args = tuple(np.broadcast_arrays(*args))
-    lam, b, d, s1, sb, cv2 = (np.array(a) for a in args)
+    if any(a.shape != lam.shape for a in args):  # (nothing below writes into these)
+        lam, b, d, s1, sb, cv2 = (np.array(a) for a in np.broadcast_arrays(*args))
     if b.ndim == 1 and len(b) > 4096 and len(np.unique(b)) > 1:
         # The moment sums run to the batch size: evaluate each batch size on its own.
         parts = [
