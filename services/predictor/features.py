@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.predictor import igniter_model
+from services.predictor import igniter_model, rapp_law
 from services.predictor.datasets.base import (
     CPU_PROFILES,
     DEINFER_RTX3080,
@@ -122,37 +122,25 @@ def rapp_reference(q: Queries) -> FloatArray:
     return reference
 
 
-def _anchor(q: Queries, batch: int, sm: int, quota: int) -> FloatArray:
-    return q.columns[anchor_name((batch, sm, quota))]
-
-
-def rapp_estimate(q: Queries) -> Columns:
-    """A separable latency estimate from the five anchors, for trees to correct:
-    full-GPU latency log-linear in log batch (anchors at batch 1 and 4); a GPU-bound time
-    that grows as 1/SM and with batch (anchor at batch 8, SM 10 %); the time-slice factor
-    log-log interpolated through quota 20, 50 and 100 % (anchors at batch 4)."""
-    c = q.columns
-    reference = rapp_reference(q)
-    batch, sm, quota = c["batch"], c["sm"], c["quota"]
-    batch1 = np.nan_to_num(_anchor(q, 1, 100, 100) / reference, nan=1.0)
-    full = reference * np.exp(np.log(batch1) * (2.0 - np.log2(batch)) / 2.0)
-    full8 = reference * np.exp(-np.log(batch1) / 2.0)
-    sm10 = _anchor(q, 8, 10, 100)
-    gpu_bound = np.where(np.isnan(sm10), full8, sm10) * (10.0 / sm) * (batch / 8.0) ** 0.8
-    spatial = np.maximum(full, gpu_bound)
-    q20 = np.nan_to_num(_anchor(q, 4, 100, 20) / reference, nan=4.0)
-    q50 = np.nan_to_num(_anchor(q, 4, 100, 50) / reference, nan=1.5)
-    log_q = np.log(quota)
-    upper = np.log(q50) * (np.log(100.0) - log_q) / np.log(2.0)
-    lower = np.log(q50) + np.log(q20 / q50) * (np.log(50.0) - log_q) / np.log(2.5)
-    slicing = np.exp(np.where(quota >= 50, upper, lower))
+def rapp_estimate(q: Queries, params: rapp_law.LawParams | None = None) -> Columns:
+    """The latency law of `rapp_law` (default: its physical priors) and its parts relative to
+    the reference anchor, for trees to correct: which of time slicing and SM share dominates,
+    and how GPU-bound the configuration is."""
+    parts = rapp_law.terms(q, params or rapp_law.LawParams())
+    reference = parts["reference"]
     return {
-        "estimate": spatial * slicing,
-        "log_estimate_ratio": np.log(spatial * slicing / reference),
-        "log_spatial_ratio": np.log(spatial / reference),
-        "log_slicing": np.log(slicing),
-        "log_gpu_bound_over_full": np.log(gpu_bound / full),
+        "estimate": parts["estimate"],
+        "log_estimate_ratio": np.log(parts["estimate"] / reference),
+        "log_spatial_ratio": np.log(parts["spatial"] / reference),
+        "log_slicing": np.log(parts["sliced"] / reference),
+        "log_gpu_bound_over_full": np.log(parts["gpu"] / parts["full"]),
+        "log_spatial_over_sliced": np.log(parts["spatial"] / parts["sliced"]),
     }
+
+
+def rapp_base(q: Queries, fallback: float, params: rapp_law.LawParams | None = None) -> FloatArray:
+    estimate = rapp_law.estimate(q, params or rapp_law.LawParams())
+    return np.where(np.isfinite(estimate), estimate, fallback)
 
 
 def rapp_features(q: Queries) -> Columns:
@@ -233,8 +221,7 @@ def base_values(q: Queries, fallback: float) -> FloatArray:
         return q.columns["latency"].copy()
     if q.dataset == CPU_PROFILES:
         return q.columns["solo_ms"].copy()  # the known solo median (NaN: not profiled)
-    estimate = rapp_estimate(q)["estimate"]
-    return np.where(np.isfinite(estimate), estimate, fallback)
+    return rapp_base(q, fallback)
 
 
 def design(q: Queries, fallback_base: float = 1.0) -> Design:

@@ -117,7 +117,8 @@ def test_rapp_held_out_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         str(tmp_path / "test"),
     )
     assert report["n_test"] == 3 * 800
-    assert 0 < float(report["mape"]) < 60.0  # type: ignore[arg-type]
+    # The fitted latency law on 6 training models: ~10 % MAPE on the three ResNets.
+    assert 0 < float(report["mape"]) < 20.0  # type: ignore[arg-type]
 
 
 def test_missing_data_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from services.predictor import features
+from services.predictor import features, rapp_law
 from services.predictor.datasets.base import (
     DEINFER_RTX3080,
     RAPP_V100,
@@ -83,6 +83,8 @@ class LogRatioBackend(Backend):
         self._names: tuple[str, ...] = ()
         self._fallback_base = 1.0
         self.margin = 0.0
+        # RaPP: the latency law's shape parameters, fitted to the training rows in `fit`.
+        self.rapp_law: rapp_law.LawParams | None = None
 
     @abstractmethod
     def make_regressor(self, dataset: str) -> Regressor: ...
@@ -90,13 +92,18 @@ class LogRatioBackend(Backend):
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
         return design_matrix(queries)
 
+    def base_values(self, queries: Queries, fallback: float) -> FloatArray:
+        if queries.dataset == RAPP_V100 and self.rapp_law is not None:
+            return features.rapp_base(queries, fallback, self.rapp_law)
+        return features.base_values(queries, fallback)
+
     def _fit_once(self, samples: Samples) -> tuple[Regressor, float]:
         if len(samples) > self.max_train_rows:
             pick = np.random.default_rng(0).choice(len(samples), self.max_train_rows, replace=False)
             samples = samples.take(np.sort(pick).astype(np.intp))
         fallback = float(np.median(samples.target))
         _, matrix = self.matrix(samples.queries)
-        base = features.base_values(samples.queries, fallback)
+        base = self.base_values(samples.queries, fallback)
         regressor = self.make_regressor(samples.dataset)
         regressor.fit(matrix, features.encode(samples, base))
         return regressor, fallback
@@ -107,12 +114,15 @@ class LogRatioBackend(Backend):
 
     def fit(self, samples: Samples) -> None:
         self.margin = 0.0
+        self.rapp_law = None
+        if samples.dataset == RAPP_V100:
+            self.rapp_law = rapp_law.fit(samples.queries, samples.target)
         if self.calibrate and samples.dataset not in self.uncalibrated:
             residuals: list[FloatArray] = []
             for train, test in inner_folds(samples):
                 regressor, fallback = self._fit_once(samples.take(train))
                 held = samples.take(test)
-                base = features.base_values(held.queries, fallback)
+                base = self.base_values(held.queries, fallback)
                 z_pred = self._predict_z(regressor, held.queries)
                 residuals.append(features.encode(held, base) - z_pred)
             if residuals:
@@ -123,5 +133,5 @@ class LogRatioBackend(Backend):
     def predict(self, queries: Queries) -> FloatArray:
         if self._regressor is None:
             raise NotFittedError(f"{self.name} backend is not trained")
-        base = features.base_values(queries, self._fallback_base)
+        base = self.base_values(queries, self._fallback_base)
         return features.decode(self._predict_z(self._regressor, queries) + self.margin, base)

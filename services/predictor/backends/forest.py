@@ -10,8 +10,15 @@ from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
 from services.predictor.backends.amplitude import AmplitudeShapeRegressor, MeanRegressor
 from services.predictor.backends.analytical import analytical_terms
 from services.predictor.backends.base import LogRatioBackend, Regressor, design_matrix
+from services.predictor.backends.rapp_trees import tree_weight
 from services.predictor.backends.residual import ResidualRegressor
-from services.predictor.datasets.base import DEINFER_RTX3080, RAPP_V100, FloatArray, Queries
+from services.predictor.datasets.base import (
+    DEINFER_RTX3080,
+    RAPP_V100,
+    FloatArray,
+    Queries,
+    Samples,
+)
 from services.predictor.features import DEINFER_CONFIGURATION
 
 
@@ -72,6 +79,19 @@ class ForestBackend(LogRatioBackend):
         self._linear_columns = 0
         self._pair_columns: list[int] = []
         self._design_columns: list[int] = []
+        self.tree_weight = 1.0
+
+    def fit(self, samples: Samples) -> None:
+        # RaPP: the trees correct the fitted latency law only as much as that helped on
+        # held-out families inside the training data (rapp_trees). Subclasses with other
+        # features (operator-graph embeddings) keep their trees at full weight.
+        self.tree_weight = 1.0
+        if samples.dataset == RAPP_V100 and type(self) is ForestBackend:
+            self.tree_weight = tree_weight(samples, ForestBackend)
+        super().fit(samples)
+
+    def _predict_z(self, regressor: Regressor, queries: Queries) -> FloatArray:
+        return self.tree_weight * super()._predict_z(regressor, queries)
 
     def make_regressor(self, dataset: str) -> Regressor:
         if dataset not in RESIDUAL_DATASETS:

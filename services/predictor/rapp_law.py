@@ -1,0 +1,153 @@
+"""A latency law for RaPP's V100 table, from a model's five anchor measurements.
+
+Two mechanisms, combined by a smooth maximum (whichever is slower dominates):
+
+- Spatial (MPS SM share), at full quota: the full-GPU latency, log-linear in log batch through
+  the batch-1 and batch-4 anchors (eager PyTorch is mostly launch-bound there), and a
+  GPU-bound time that grows as (10 / SM)^a and with batch, pinned by the batch-8 SM-10 anchor.
+  Normalised so that it reproduces the full-GPU latency at SM 100 %.
+- Temporal (time quota): the launch-bound batch-1 time plus the milliseconds a process waits
+  for its next time slice. Those extra milliseconds hardly depend on batch or SM share (public
+  data: batch 1 and batch 8 of a launch-bound model differ by a few %), so they are read off the
+  batch-4 quota anchors (20 % and 50 %) relative to the batch-1 time, interpolated in a Box-Cox
+  transform of 100/quota (fluid slicing: extra time ~ 1/quota - 1), and extrapolated to 10 %
+  as a multiple of the 20 % extra (floored at a multiple of the launch time).
+
+A handful of global shape parameters (`LawParams`) are fitted to the training models by
+robust least squares on log latency (`fit`); the defaults are the physical priors (GPU time
+~ 1/SM and ~ batch, fluid slicing). Everything model-specific comes from the anchors, so the law
+transfers to unseen model families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from services.predictor.datasets.base import FloatArray, Queries
+from services.predictor.datasets.rapp_v100 import anchor_name
+
+Columns = dict[str, FloatArray]
+
+
+@dataclass(frozen=True)
+class LawParams:
+    sm_exponent: float = 1.0  # GPU-bound time ~ (10 / SM) ** sm_exponent
+    batch_exponent: float = 1.0  # GPU-bound time ~ (batch / 8) ** batch_exponent
+    spatial_sharpness: float = 4.0  # smooth maximum of launch-bound and GPU-bound time
+    q10_over_q20: float = 2.0  # extra wait at quota 10 % relative to 20 % (fluid: 2)
+    q10_floor: float = 4.0  # ... at least this many launch-bound times
+    slice_sharpness: float = 8.0  # smooth maximum of spatial and time-sliced latency
+    gamma_low: float = 1.0  # Box-Cox shape of the extra wait between quota 20 and 50 %
+    gamma_high: float = 1.0  # ... between 50 and 100 %
+    batch8_exponent: float = 1.0  # batch 4 -> 8 growth relative to the 1 -> 4 growth
+    missing_gpu_log_ratio: float = 1.0  # log(batch-8 SM-10 / full) where that anchor is unknown
+
+
+LOWER = LawParams(0.3, 0.2, 1.0, 1.0, 0.0, 1.0, -3.0, -3.0, 0.0, -1.0)
+UPPER = LawParams(1.5, 1.5, 20.0, 8.0, 20.0, 50.0, 3.0, 3.0, 3.0, 4.0)
+
+
+def _anchor(q: Queries, batch: int, sm: int, quota: int) -> FloatArray:
+    return q.columns[anchor_name((batch, sm, quota))]
+
+
+def _box_cox(quota: FloatArray | float, gamma: float) -> FloatArray:
+    """0 at quota 100 %, increasing as the quota shrinks; gamma 1 is 100/quota - 1."""
+    x = np.asarray(100.0 / np.asarray(quota), dtype=np.float64)
+    if abs(gamma) < 1e-4:
+        return np.asarray(np.log(x), dtype=np.float64)
+    return np.asarray((x**gamma - 1.0) / gamma, dtype=np.float64)
+
+
+def _add_slicing(
+    spatial: FloatArray, sliced: FloatArray, launch: FloatArray, s: float
+) -> FloatArray:
+    """Smooth maximum of the spatial and the time-sliced latency that stays exact where either
+    mechanism is absent: est^s = spatial^s + sliced^s - launch^s (sliced = launch at quota
+    100 %, spatial = launch for a launch-bound configuration)."""
+    top = np.maximum(spatial, sliced)
+    total = (spatial / top) ** s + (sliced / top) ** s - (np.minimum(launch, sliced) / top) ** s
+    return np.asarray(top * np.maximum(total, 1.0) ** (1.0 / s), dtype=np.float64)
+
+
+def terms(q: Queries, params: LawParams = LawParams()) -> Columns:
+    """The law's estimate and its parts (ms). A row that is itself an anchor sees that anchor
+    as NaN and falls back on the others."""
+    p = params
+    c = q.columns
+    batch, sm, quota = c["batch"], c["sm"], c["quota"]
+    full4 = _anchor(q, 4, 100, 100)
+    full1 = _anchor(q, 1, 100, 100)
+    q20 = _anchor(q, 4, 100, 20)
+    q50 = _anchor(q, 4, 100, 50)
+    gpu8 = _anchor(q, 8, 10, 100)
+    full4 = np.where(np.isnan(full4), np.where(np.isnan(full1), q50, full1), full4)
+    full1 = np.where(np.isnan(full1), full4, full1)
+    # Spatial: full-GPU latency through the batch-1 and batch-4 anchors, GPU-bound time.
+    growth = np.log(full4 / full1)
+    log_batch = np.log2(batch)
+    steps = np.where(batch <= 4, log_batch / 2.0, 1.0 + p.batch8_exponent * (log_batch - 2.0) / 2.0)
+    full = full1 * np.exp(growth * steps)
+    full8 = full1 * np.exp(growth * (1.0 + p.batch8_exponent / 2.0))
+    gpu8 = np.where(np.isnan(gpu8), full8 * np.exp(p.missing_gpu_log_ratio), gpu8)
+    per_batch = (batch / 8.0) ** p.batch_exponent
+    gpu = gpu8 * (10.0 / sm) ** p.sm_exponent * per_batch
+    gpu_full = gpu8 * 0.1**p.sm_exponent * per_batch
+    s = p.spatial_sharpness
+    spatial = full * ((1.0 + (gpu / full) ** s) / (1.0 + (gpu_full / full) ** s)) ** (1.0 / s)
+    # Temporal: launch-bound time plus the wait for time slices.
+    extra20 = np.maximum(q20 - full1, 0.0)
+    extra50 = np.maximum(q50 - full1, 0.0)
+    extra20 = np.where(np.isnan(extra20), 3.0 * extra50, extra20)
+    extra50 = np.where(np.isnan(extra50), extra20 / 3.0, extra50)
+    high = extra50 * _box_cox(quota, p.gamma_high) / _box_cox(50.0, p.gamma_high)
+    span = _box_cox(20.0, p.gamma_low) - _box_cox(50.0, p.gamma_low)
+    low = (
+        extra50
+        + (extra20 - extra50) * (_box_cox(quota, p.gamma_low) - _box_cox(50.0, p.gamma_low)) / span
+    )
+    lowest = np.maximum(p.q10_over_q20 * extra20, p.q10_floor * full1)
+    extra = np.where(quota >= 50, high, np.where(quota >= 20, low, lowest))
+    sliced = full1 + np.maximum(extra, 0.0)
+    estimate = _add_slicing(spatial, sliced, full1, p.slice_sharpness)
+    return {
+        "estimate": estimate,
+        "full": full,
+        "gpu": gpu,
+        "spatial": spatial,
+        "sliced": sliced,
+        "reference": full4,
+    }
+
+
+def estimate(q: Queries, params: LawParams = LawParams()) -> FloatArray:
+    return terms(q, params)["estimate"]
+
+
+def fit(q: Queries, latency: FloatArray, rows: int = 6000, seed: int = 0) -> LawParams:
+    """Global shape parameters by robust least squares on log latency over (a seeded sample
+    of) the training rows; rows without a finite estimate are left out."""
+    usable = np.flatnonzero(np.isfinite(estimate(q)) & (latency > 0))
+    if len(usable) > rows:
+        usable = np.sort(np.random.default_rng(seed).choice(usable, rows, replace=False))
+    if len(usable) < 2 * len(fields(LawParams)):
+        return LawParams()
+    sample = q.take(usable.astype(np.intp))
+    log_target = np.log(latency[usable])
+
+    def residuals(theta: FloatArray) -> FloatArray:
+        values = estimate(sample, LawParams(*theta))
+        error = np.nan_to_num(np.log(values) - log_target, nan=0.0, posinf=10.0, neginf=-10.0)
+        return np.asarray(error, dtype=np.float64)
+
+    result = least_squares(
+        residuals,
+        np.array(astuple(LawParams())),
+        bounds=(np.array(astuple(LOWER)), np.array(astuple(UPPER))),
+        loss="soft_l1",
+        f_scale=0.1,
+    )
+    return LawParams(*(float(v) for v in result.x))
