@@ -5,12 +5,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from services.controller.planning.candidates import Candidate
 from services.controller.planning.predictor import LatencyPredictor, LatencyQuery, Placement
 from services.controller.planning.types import Device, ModelDemand
 
 SHARE_EPS = 1e-9
+# Placements are values: one object per (profile, batch, share), shared by the residents
+# (building one costs more than looking it up).
+_placement = lru_cache(maxsize=1 << 16)(Placement)
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Resident:
         p = self._placements.get(j)
         if p is None:
             c = self.options[j]
-            p = self._placements[j] = Placement(self.demand.profile_key, c.batch, c.share)
+            p = self._placements[j] = _placement(self.demand.profile_key, c.batch, c.share)
         return p
 
 

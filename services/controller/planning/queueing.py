@@ -100,9 +100,9 @@ def _batch_moments(
     q: float,
 ) -> _Moments:
     """Batch size, service and waiting moments when a batch collects for `window` seconds."""
-    x_mean = lam * window
     kmax = int(b.max()) if b.size else 1
-    tails = _poisson_tails(x_mean, kmax)
+    # (batches of one: no tail is read)
+    tails = _poisson_tails(lam * window, kmax) if kmax > 1 else []
     en = np.ones_like(lam)
     en2 = np.ones_like(lam)
     ef2 = np.zeros_like(lam)
@@ -141,6 +141,8 @@ def _batch_moments(
 def _mean_batch(lam: FloatArray, b: FloatArray, window: FloatArray) -> FloatArray:
     """E[N] alone, summed as _batch_moments sums it (the formation wait needs only this)."""
     kmax = int(b.max()) if b.size else 1
+    if kmax <= 1:
+        return np.ones_like(lam)
     tails = _poisson_tails(lam * window, kmax)
     uniform = b.size > 0 and bool(b.min() == b.max())
     en = np.ones_like(lam)
@@ -156,8 +158,10 @@ def _fill_quantile(b: FloatArray, head_q: FloatArray, lam: FloatArray, d: FloatA
     out = np.array(d, dtype=float, copy=True)
     shape = np.maximum(b - 1, 1)
     # P(T <= d) >= head_q  <=>  quantile <= d; a relative margin keeps boundary cases exact.
-    need = (b > 1) & (head_q <= special.gammainc(shape, lam * d) * (1 + 1e-9) + 1e-12)
-    out[need] = special.gammaincinv(shape[need], head_q[need]) / lam[need]
+    need = b > 1
+    if need.any():  # (batches of one fill at once: no gamma function to evaluate)
+        need &= head_q <= special.gammainc(shape, lam * d) * (1 + 1e-9) + 1e-12
+        out[need] = special.gammaincinv(shape[need], head_q[need]) / lam[need]
     out[b <= 1] = 0.0
     return out
 
