@@ -139,8 +139,14 @@ def _tries(
     """The open GPUs `need` fits, in the order pack tries them."""
     limit = 1 + SHARE_EPS
     # share + need.share grows with share: the GPUs with room for the share are a suffix.
-    pos = bisect.bisect_left(by_share, True, key=lambda e: -e[0] + need.share <= limit)
+    # Found by bisection on the rearranged bound, then settled on the exact test (the
+    # rounding of the two can differ right at the bound).
     end = len(by_share)
+    pos = bisect.bisect_left(by_share, (need.share - limit,))
+    while pos > 0 and -by_share[pos - 1][0] + need.share <= limit:
+        pos -= 1
+    while pos < end and not -by_share[pos][0] + need.share <= limit:
+        pos += 1
     front, back = (max_tries, (max_tries + 1) // 2) if max_tries > 0 else (end, 0)
     tries: list[int] = []
     while pos < end and len(tries) < front:
