@@ -210,3 +210,13 @@ def test_service_metadata_says_operator_graphs(
     query = Query(Placement("resnet18", 4, 0.5), (Placement("mobilenet_v2", 4, 0.5),))
     (answer,) = restored.predict([query])
     assert answer.latency_ms > 0 and np.isfinite(answer.slowdown)
+
+
+@needs_cpu_data
+def test_full_embedding_when_no_inner_fold_can_choose(
+    cpu: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph, "view_errors", lambda samples: {})  # every model in every pair
+    backend = GraphBackend()
+    backend.fit(cpu.take(np.arange(0, len(cpu), 2, dtype=np.intp)))
+    assert backend.operator is not None and backend.operator.view == "sign"

@@ -393,6 +393,7 @@ class GraphBackend(Backend):
         view = "sign"
         if len(np.unique(splits.model_groups(operator_rows))) >= self.min_models_to_choose:
             self.view_errors = view_errors(operator_rows)
+        if self.view_errors:  # no inner fold when every model pairs with every other
             view = min(self.view_errors, key=lambda v: self.view_errors[v])
         self.operator = OperatorGraphBackend(view)
         self.operator.fit(operator_rows)
