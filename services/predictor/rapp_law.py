@@ -3,9 +3,10 @@
 Two mechanisms, combined by a smooth maximum (whichever is slower dominates):
 
 - Spatial (MPS SM share), at full quota: the full-GPU latency, log-linear in log batch through
-  the batch-1 and batch-4 anchors (eager PyTorch is mostly launch-bound there), and a
-  GPU-bound time that grows as (10 / SM)^a and with batch, pinned by the batch-8 SM-10 anchor.
-  Normalised so that it reproduces the full-GPU latency at SM 100 %.
+  the batch-1 and batch-4 anchors (eager PyTorch is mostly launch-bound there; above batch 4
+  at least the GPU-bound time at SM 100 %), and a GPU-bound time that grows as (10 / SM)^a
+  and with batch, pinned by the batch-8 SM-10 anchor. Normalised so that it reproduces the
+  full-GPU latency at SM 100 %.
 - Temporal (time quota): the launch-bound batch-1 time plus the milliseconds a process waits
   for its next time slice. Those extra milliseconds hardly depend on batch or SM share (public
   data: batch 1 and batch 8 of a launch-bound model differ by a few %), so they are read off the
@@ -102,6 +103,9 @@ def terms(q: Queries, params: LawParams = LawParams()) -> Columns:
     gpu = gpu8 * (10.0 / sm) ** p.sm_exponent * per_batch
     gpu_full = gpu8 * 0.1**p.sm_exponent * per_batch
     s = p.spatial_sharpness
+    # Above batch 4 the full-GPU latency is at least the GPU-bound time at SM 100 %.
+    gpu_at_full = gpu8 * 0.1**p.sm_exponent * per_batch
+    full = np.where(batch > 4, (full**s + gpu_at_full**s) ** (1.0 / s), full)
     spatial = full * ((1.0 + (gpu / full) ** s) / (1.0 + (gpu_full / full) ** s)) ** (1.0 / s)
     # Temporal: launch-bound time plus the wait for time slices.
     extra20 = np.maximum(q20 - full1, 0.0)
