@@ -49,11 +49,13 @@ class LawParams:
     # before: the wait falls faster between 20 and 50 % the larger extra(20) / extra(50).
     step_sharpness: float = 0.0
     step_onset: float = 2.0  # ... above this log(extra(20) / extra(50))
+    # Smaller batches wait a little less for their slices than the batch-4 anchors show.
+    slice_batch_exponent: float = 0.0  # extra wait ~ (full-GPU latency / batch 4's) ** this
 
 
-LOWER = LawParams(0.3, 0.2, 1.0, 1.0, 0.0, 1.0, -3.0, -3.0, 0.0, -1.0, -1.0, 0.0)
+LOWER = LawParams(0.3, 0.2, 1.0, 1.0, 0.0, 1.0, -3.0, -3.0, 0.0, -1.0, -1.0, 0.0, 0.0)
 STEP_ONSETS = (1.4, 2.1, 2.8)  # extra(20) / extra(50) of 4, 8 and 16
-UPPER = LawParams(1.5, 1.5, 20.0, 8.0, 20.0, 50.0, 3.0, 3.0, 3.0, 4.0, 5.0, 5.0)
+UPPER = LawParams(1.5, 1.5, 20.0, 8.0, 20.0, 50.0, 3.0, 3.0, 3.0, 4.0, 5.0, 5.0, 2.0)
 
 
 def _anchor(q: Queries, batch: int, sm: int, quota: int) -> FloatArray:
@@ -120,7 +122,7 @@ def terms(q: Queries, params: LawParams = LawParams()) -> Columns:
     low = extra50 + (extra20 - extra50) * between**steepness
     lowest = np.maximum(p.q10_over_q20 * extra20, p.q10_floor * full1)
     extra = np.where(quota >= 50, high, np.where(quota >= 20, low, lowest))
-    sliced = full1 + np.maximum(extra, 0.0)
+    sliced = full1 + np.maximum(extra, 0.0) * (full / full4) ** p.slice_batch_exponent
     estimate = _add_slicing(spatial, sliced, full1, p.slice_sharpness)
     return {
         "estimate": estimate,

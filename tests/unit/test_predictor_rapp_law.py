@@ -94,8 +94,8 @@ def test_fit_keeps_the_priors_without_enough_rows() -> None:
     q = queries(GRID[:5], MODEL)
     assert rapp_law.fit(q, np.ones(5)) == rapp_law.LawParams()
     lower, upper = np.array(astuple(rapp_law.LOWER)), np.array(astuple(rapp_law.UPPER))
-    assert (lower < np.array(astuple(rapp_law.LawParams()))).all()
-    assert (np.array(astuple(rapp_law.LawParams())) < upper).all()
+    assert (lower <= np.array(astuple(rapp_law.LawParams()))).all()
+    assert (np.array(astuple(rapp_law.LawParams())) <= upper).all()
 
 
 def test_forest_backend_uses_the_fitted_law_as_its_base() -> None:
