@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common import onnx_graph
-from services.predictor import features, operator_graphs, splits
+from services.predictor import features, operator_graphs, rapp_law, splits
 from services.predictor.backends.base import Backend, LogRatioBackend, NotFittedError, Regressor
 from services.predictor.backends.forest import ForestBackend, make_forest
 from services.predictor.datasets.base import (
@@ -349,12 +349,15 @@ def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     count = min(2 if samples.dataset == RAPP_V100 else folds, groups)
     for train, test in splits.held_out_models(samples, count):
         inner, held = samples.take(train), samples.take(test)
+        # The base the final fit will use (RaPP: the latency law fitted to these rows).
+        law = rapp_law.fit(inner.queries, inner.target) if inner.dataset == RAPP_V100 else None
         for view in VIEWS:
             candidate = OperatorGraphBackend(view)
+            candidate.rapp_law = law
             candidate.keep_varying(inner.queries)
             regressor, fallback = candidate._fit_once(inner)
             z_pred = candidate._predict_z(regressor, held.queries)
-            z_true = features.encode(held, features.base_values(held.queries, fallback))
+            z_true = features.encode(held, candidate.base_values(held.queries, fallback))
             errors[view].append(np.abs(z_true - z_pred))
     return {view: float(np.mean(np.concatenate(e))) for view, e in errors.items() if e}
 
