@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import onnx
 
 from deinfer.zoo.architectures.spec import Activation, ShapeGraphBuilder
+from deinfer.zoo.vision import MOBILENET_V2_SETTINGS  # the runnable zoo's table, paper Table 2
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -16,23 +17,13 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 # ---------------------------------------------------------------------- MobileNetV2
-# (expansion t, output channels c, repeats n, first stride s), from the paper's Table 2.
-V2_SETTINGS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
 
 
 def build_mobilenet_v2(name: str, size: int, fold: bool) -> onnx.ModelProto:
     g = ShapeGraphBuilder(name, fold)
     x = g.conv_bn(g.image_input(3, size, size), 3, 32, 3, 2, act="relu6")
     channels = 32
-    for t, c, n, s in V2_SETTINGS:
+    for t, c, n, s in MOBILENET_V2_SETTINGS:
         for i in range(n):
             stride = s if i == 0 else 1
             hidden = channels * t
