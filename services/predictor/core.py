@@ -9,7 +9,6 @@ from pathlib import Path
 
 from services.predictor import artifacts, datasets
 from services.predictor.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
-from services.predictor.backends.graph import GraphBackend
 from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, ProfileBook, Query, validate
@@ -53,8 +52,7 @@ class PredictorCore:
         model.fit(samples)
         fit = score(samples.target, model.predict(samples.queries))
         metrics = {f"train_{k}": float(v) for k, v in fit.as_dict().items()}
-        if isinstance(model, GraphBackend):  # which graphs it encoded: operator or profile
-            metrics.update(model.describe())
+        metrics.update(model.describe())  # e.g. graph: which graphs it encoded
         meta = artifacts.save(
             self.artifact_dir,
             model,

@@ -35,6 +35,10 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, queries: Queries) -> FloatArray: ...
 
+    def describe(self) -> dict[str, float]:
+        """Backend-specific numbers for the trained model's metadata (none by default)."""
+        return {}
+
 
 Regressor = Any  # a scikit-learn regressor (no type stubs)
 MakeRegressor = Callable[[str], Regressor]
