@@ -1,8 +1,9 @@
 """Log-linear contention models with a handful of physically motivated terms.
 
 iGniter's form on the V100 pairs (its own prediction from `config` and solo profiles,
-recalibrated), an L2/DRAM/SM pressure model on DeInfer's ratios, and a time-slice/SM scaling
-law from the profile anchors on RaPP. Few coefficients, so they transfer to unseen models.
+recalibrated with slopes learned within pairs), an L2/DRAM/SM pressure model on DeInfer's
+ratios, and a time-slice/SM scaling law from the profile anchors on RaPP. Few coefficients,
+so they transfer to unseen models.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.predictor import features
+from services.predictor import features, splits
+from services.predictor.backends import within_pairs
 from services.predictor.backends.base import LogRatioBackend, Regressor
 from services.predictor.datasets.base import (
     CPU_PROFILES,
@@ -22,7 +24,9 @@ from services.predictor.datasets.base import (
     IGNITER_V100,
     FloatArray,
     Queries,
+    Samples,
 )
+from services.predictor.datasets.igniter_v100 import IgniterProfiles
 
 TERMS = {
     DEINFER_RTX3080: (
@@ -38,9 +42,10 @@ TERMS = {
     ),
     # iGniter's own prediction weighted by the co-runner's share of the two batch times: in
     # every public pair the slowdown grows with the co-runner's solo latency relative to the
-    # target's (within-pair correlation 0.5-0.7 with iGniter's residual). Chosen by
-    # leave-one-pair-out CV inside the training pairs (MAPE 3.48 % vs 3.78 % for iGniter's
-    # prediction alone); extra L2/DRAM terms overfit the few training pairs.
+    # target's (within-pair correlation 0.5-0.7 with iGniter's residual). Always in; extras
+    # from within_pairs.CANDIDATE_EXTRAS are chosen per fit by leave-one-pair-out MAPE, and
+    # slopes come from within-pair variation (pooled: held-out pairs 3.07 %, within: 3.00 %,
+    # with the chosen extras 2.97 %; extra L2/DRAM terms overfit the few training pairs).
     IGNITER_V100: ("igniter_x_co_time",),
     # CPU: shared cores (threads beyond the device's) and how long the co-runners run
     # relative to the target; per-model rate terms extrapolated badly to held-out models
@@ -72,7 +77,41 @@ def igniter_terms(q: Queries) -> dict[str, FloatArray]:
         co_time = c["co_latency"] / (c["co_latency"] + c["latency"])
         columns["co_time"] = co_time
         columns["igniter_x_co_time"] = columns["igniter_log_ratio"] * co_time
+        gap = kernel_time_gap(q)
+        if gap is not None:
+            columns["kernel_time_gap"] = gap
     return columns
+
+
+def kernel_time_gap(q: Queries) -> FloatArray | None:
+    """|log| of the ratio of the two models' mean kernel times (solo batch time / kernels per
+    inference from `config`); None when a model has no kernel count."""
+    config = q.profiles.config if isinstance(q.profiles, IgniterProfiles) else {}
+    try:
+        kernels = {m: float(config[m]["kernel"]) for m in {*q.model, *q.corunner}}
+    except (KeyError, TypeError, ValueError):
+        return None
+    own = q.columns["latency"] / np.array([kernels[m] for m in q.model])
+    other = q.columns["co_latency"] / np.array([kernels[m] for m in q.corunner])
+    return np.asarray(np.abs(np.log(own / other)), dtype=np.float64)
+
+
+def igniter_matrix(
+    q: Queries, extras: tuple[str, ...], models: tuple[str, ...]
+) -> tuple[tuple[str, ...], FloatArray]:
+    """iGniter's terms plus `extras` (see within_pairs.CANDIDATE_EXTRAS); `models` are the
+    training models that get an asymmetry column (an unseen model has none)."""
+    columns = igniter_terms(q)
+    names = list(TERMS[IGNITER_V100])
+    for extra in extras:
+        if extra != "asymmetry":
+            names.append(extra)
+            continue
+        for model in models:
+            name = f"asymmetry:{model}"
+            columns[name] = (q.model == model).astype(np.float64) - (q.corunner == model)
+            names.append(name)
+    return tuple(names), np.column_stack([columns[n] for n in names])
 
 
 def analytical_terms(queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
@@ -93,8 +132,42 @@ def analytical_terms(queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
 class AnalyticalBackend(LogRatioBackend):
     name: ClassVar[str] = "analytical"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # iGniter with `config`: training models and the extra terms chosen in `fit`; empty
+        # models means the pooled ridge of `analytical_terms`.
+        self.models: tuple[str, ...] = ()
+        self.extras: tuple[str, ...] = ()
+
     def make_regressor(self, dataset: str) -> Regressor:
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
 
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
+        if self.models and queries.dataset == IGNITER_V100:
+            return igniter_matrix(queries, self.extras, self.models)
         return analytical_terms(queries)
+
+    def fit(self, samples: Samples) -> None:
+        self.models, self.extras = (), ()
+        q = samples.queries
+        columns = igniter_terms(q) if samples.dataset == IGNITER_V100 else {}
+        if "igniter_x_co_time" in columns:
+            self.models = tuple(sorted({*map(str, q.model), *map(str, q.corunner)} - {""}))
+            z = features.encode(samples, self.base_values(q, 1.0))
+            self.extras = within_pairs.choose_extras(
+                lambda extras: igniter_matrix(q, extras, self.models)[1],
+                z,
+                splits.pair_keys(samples),
+                available=frozenset({"asymmetry", *columns}),
+            )
+        super().fit(samples)
+
+    def _fit_once(self, samples: Samples) -> tuple[Regressor, float]:
+        if not self.models:
+            return super()._fit_once(samples)
+        q = samples.queries
+        z = features.encode(samples, self.base_values(q, 1.0))
+        regressor = within_pairs.WithinPairRidge().fit(
+            self.matrix(q)[1], z, splits.pair_keys(samples)
+        )
+        return regressor, float(np.median(samples.target))
