@@ -22,13 +22,13 @@ transfers to unseen model families.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from services.predictor.datasets.base import FloatArray, Queries
-from services.predictor.datasets.rapp_v100 import anchor_name
+from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
 
 Columns = dict[str, FloatArray]
 
@@ -51,11 +51,26 @@ class LawParams:
     step_onset: float = 2.0  # ... above this log(extra(20) / extra(50))
     # Smaller batches wait a little less for their slices than the batch-4 anchors show.
     slice_batch_exponent: float = 0.0  # extra wait ~ (full-GPU latency / batch 4's) ** this
+    # Fallbacks for a row that is itself an anchor (it never sees its own value), set by `fit`
+    # in closed form from the training models' anchors, not by the least squares:
+    batch4_log_ratio: float = 0.2  # log(batch-4 / batch-1 full-GPU latency)
+    extra20_over_extra50: float = 3.0  # slice wait at quota 20 % relative to 50 %
+    # log(batch-8 SM-10 / batch-4 full) = missing_gpu_log_ratio + slope x log(batch 4 / 1):
+    # models whose latency grows with batch at full GPU are the GPU-bound ones.
+    missing_gpu_slope: float = 0.0
 
 
+# Bounds of the least-squares fields (the fallbacks above are not fitted that way).
 LOWER = LawParams(0.3, 0.2, 1.0, 1.0, 0.0, 1.0, -3.0, -3.0, 0.0, -1.0, -1.0, 0.0, 0.0)
 STEP_ONSETS = (1.4, 2.1, 2.8)  # extra(20) / extra(50) of 4, 8 and 16
 UPPER = LawParams(1.5, 1.5, 20.0, 8.0, 20.0, 50.0, 3.0, 3.0, 3.0, 4.0, 5.0, 5.0, 2.0)
+CLOSED_FORM = (
+    "batch4_log_ratio",
+    "extra20_over_extra50",
+    "missing_gpu_log_ratio",
+    "missing_gpu_slope",
+)
+FITTED = tuple(f.name for f in fields(LawParams) if f.name not in CLOSED_FORM)
 
 
 def _anchor(q: Queries, batch: int, sm: int, quota: int) -> FloatArray:
@@ -92,15 +107,17 @@ def terms(q: Queries, params: LawParams = LawParams()) -> Columns:
     q20 = _anchor(q, 4, 100, 20)
     q50 = _anchor(q, 4, 100, 50)
     gpu8 = _anchor(q, 8, 10, 100)
-    full4 = np.where(np.isnan(full4), np.where(np.isnan(full1), q50, full1), full4)
-    full1 = np.where(np.isnan(full1), full4, full1)
+    full4 = np.where(np.isnan(full4), full1 * np.exp(p.batch4_log_ratio), full4)
+    full4 = np.where(np.isnan(full4), q50, full4)
+    full1 = np.where(np.isnan(full1), full4 * np.exp(-p.batch4_log_ratio), full1)
     # Spatial: full-GPU latency through the batch-1 and batch-4 anchors, GPU-bound time.
     growth = np.log(full4 / full1)
     log_batch = np.log2(batch)
     steps = np.where(batch <= 4, log_batch / 2.0, 1.0 + p.batch8_exponent * (log_batch - 2.0) / 2.0)
     full = full1 * np.exp(growth * steps)
     full8 = full1 * np.exp(growth * (1.0 + p.batch8_exponent / 2.0))
-    gpu8 = np.where(np.isnan(gpu8), full8 * np.exp(p.missing_gpu_log_ratio), gpu8)
+    missing_gpu = full4 * np.exp(p.missing_gpu_log_ratio + p.missing_gpu_slope * growth)
+    gpu8 = np.where(np.isnan(gpu8), np.maximum(missing_gpu, full8), gpu8)
     per_batch = (batch / 8.0) ** p.batch_exponent
     gpu = gpu8 * (10.0 / sm) ** p.sm_exponent * per_batch
     gpu_full = gpu8 * 0.1**p.sm_exponent * per_batch
@@ -112,8 +129,8 @@ def terms(q: Queries, params: LawParams = LawParams()) -> Columns:
     # Temporal: launch-bound time plus the wait for time slices.
     extra20 = np.maximum(q20 - full1, 0.0)
     extra50 = np.maximum(q50 - full1, 0.0)
-    extra20 = np.where(np.isnan(extra20), 3.0 * extra50, extra20)
-    extra50 = np.where(np.isnan(extra50), extra20 / 3.0, extra50)
+    extra20 = np.where(np.isnan(extra20), p.extra20_over_extra50 * extra50, extra20)
+    extra50 = np.where(np.isnan(extra50), extra20 / p.extra20_over_extra50, extra50)
     high = extra50 * _box_cox(quota, p.gamma_high) / _box_cox(50.0, p.gamma_high)
     span = _box_cox(20.0, p.gamma_low) - _box_cox(50.0, p.gamma_low)
     between = np.clip((_box_cox(quota, p.gamma_low) - _box_cox(50.0, p.gamma_low)) / span, 0, 1)
@@ -138,37 +155,80 @@ def estimate(q: Queries, params: LawParams = LawParams()) -> FloatArray:
     return terms(q, params)["estimate"]
 
 
+def _vector(params: LawParams) -> FloatArray:
+    return np.array([getattr(params, name) for name in FITTED], dtype=np.float64)
+
+
+def model_anchors(q: Queries) -> dict[tuple[int, int, int], FloatArray]:
+    """Each model's anchor latencies (NaN where unknown), one entry per model: a row masks
+    only its own anchor, so any other row of the model shows it."""
+    _, first, inverse = np.unique(q.model, return_index=True, return_inverse=True)
+    table: dict[tuple[int, int, int], FloatArray] = {}
+    for anchor in ANCHORS:
+        values = np.full(len(first), np.nan)
+        np.fmax.at(values, inverse, q.columns[anchor_name(anchor)])
+        table[anchor] = values
+    return table
+
+
+def fallbacks(q: Queries, base: LawParams = LawParams()) -> LawParams:
+    """The closed-form fallback fields from the training models' anchors: medians, and a
+    least-squares line for the batch-8 SM-10 point; priors where too few models know them."""
+    a = model_anchors(q)
+    full4, full1 = a[(4, 100, 100)], a[(1, 100, 100)]
+    growth = np.log(full4 / full1)
+    extra20, extra50 = a[(4, 100, 20)] - full1, a[(4, 100, 50)] - full1
+    ratio = extra20 / extra50
+    ratio = ratio[np.isfinite(ratio) & (extra50 > 0.05 * full1) & (extra20 > 0)]
+    gpu = np.log(a[(8, 10, 100)] / full4)
+    known = np.isfinite(gpu) & np.isfinite(growth)
+    out = base
+    if np.isfinite(growth).sum() >= 3:
+        out = replace(out, batch4_log_ratio=float(np.nanmedian(growth)))
+    if len(ratio) >= 3:
+        out = replace(out, extra20_over_extra50=float(np.median(ratio)))
+    if known.sum() >= 5:
+        slope, intercept = np.polyfit(growth[known], gpu[known], 1)
+        out = replace(out, missing_gpu_log_ratio=float(intercept), missing_gpu_slope=float(slope))
+    return out
+
+
 def fit(q: Queries, latency: FloatArray, rows: int = 6000, seed: int = 0) -> LawParams:
     """Global shape parameters by robust least squares on log latency over (a seeded sample
-    of) the training rows; rows without a finite estimate are left out."""
-    usable = np.flatnonzero(np.isfinite(estimate(q)) & (latency > 0))
+    of) the training rows; rows without a finite estimate are left out. The anchor-row
+    fallbacks come first, in closed form."""
+    prior = fallbacks(q)
+    usable = np.flatnonzero(np.isfinite(estimate(q, prior)) & (latency > 0))
     if len(usable) > rows:
         usable = np.sort(np.random.default_rng(seed).choice(usable, rows, replace=False))
-    if len(usable) < 2 * len(fields(LawParams)):
+    if len(usable) < 2 * len(FITTED):
         return LawParams()
     sample = q.take(usable.astype(np.intp))
     log_target = np.log(latency[usable])
 
+    def params(theta: FloatArray) -> LawParams:
+        return replace(prior, **{name: float(v) for name, v in zip(FITTED, theta, strict=True)})
+
     def residuals(theta: FloatArray) -> FloatArray:
-        values = estimate(sample, LawParams(*theta))
+        values = estimate(sample, params(theta))
         error = np.nan_to_num(np.log(values) - log_target, nan=0.0, posinf=10.0, neginf=-10.0)
         return np.asarray(error, dtype=np.float64)
 
     # The step terms are flat at their prior (no sharpness, no gradient for the onset), so
     # the fit also starts from a few onsets and keeps the lowest training loss.
-    starts = [LawParams()] + [
-        replace(LawParams(), step_sharpness=2.0, step_onset=onset) for onset in STEP_ONSETS
+    starts = [prior] + [
+        replace(prior, step_sharpness=2.0, step_onset=onset) for onset in STEP_ONSETS
     ]
     best = None
     for start in starts:
         result = least_squares(
             residuals,
-            np.array(astuple(start)),
-            bounds=(np.array(astuple(LOWER)), np.array(astuple(UPPER))),
+            _vector(start),
+            bounds=(_vector(LOWER), _vector(UPPER)),
             loss="soft_l1",
             f_scale=0.1,
         )
         if best is None or result.cost < best.cost:
             best = result
     assert best is not None
-    return LawParams(*(float(v) for v in best.x))
+    return params(best.x)

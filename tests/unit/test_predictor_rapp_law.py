@@ -138,3 +138,41 @@ def test_tree_weight_drops_corrections_that_do_not_transfer() -> None:
     quota = np.array([r[2] for r in SMALL_GRID], dtype=np.float64) / 100.0
     opposite = {"resnet50": np.exp(0.5 * quota), "vgg16": np.exp(-0.5 * quota)}
     assert tree_weight(two_families(opposite), ForestBackend) == 0.0
+
+
+def test_anchor_row_fallbacks_come_from_the_training_models_anchors() -> None:
+    """Each model's batch-8 SM-10 point is 2 x full4 x (batch-4 / batch-1)^1.5 and its
+    quota-20 wait 5x its quota-50 wait: `fallbacks` recovers both, and a model's own anchor
+    row (masked) is estimated from them."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for i in range(6):
+        full1 = rng.uniform(5.0, 40.0)
+        full4 = full1 * rng.uniform(1.0, 3.0)
+        extra50 = rng.uniform(2.0, 20.0)
+        model = {
+            (1, 100, 100): full1,
+            (4, 100, 100): full4,
+            (4, 100, 50): full1 + extra50,
+            (4, 100, 20): full1 + 5.0 * extra50,
+            (8, 10, 100): 2.0 * full4 * (full4 / full1) ** 1.5,
+        }
+        q = queries(list(ANCHORS), model)
+        parts.append(replace(q, model=np.array([f"m{i}"] * len(ANCHORS), dtype=np.str_)))
+    merged = Queries(
+        RAPP_V100,
+        np.concatenate([p.model for p in parts]),
+        np.concatenate([p.corunner for p in parts]),
+        {k: np.concatenate([p.columns[k] for p in parts]) for k in parts[0].columns},
+    )
+    params = rapp_law.fallbacks(merged)
+    assert params.extra20_over_extra50 == pytest.approx(5.0)
+    assert params.missing_gpu_slope == pytest.approx(1.5)
+    assert params.missing_gpu_log_ratio == pytest.approx(np.log(2.0))
+    # The batch-8 SM-10 row of a model never sees its own value, yet the line recovers it.
+    row = list(ANCHORS).index((8, 10, 100))
+    first = parts[0].take(np.array([row], dtype=np.intp))
+    model = {a: float(np.nanmax(parts[0].columns[anchor_name(a)])) for a in ANCHORS}
+    assert rapp_law.estimate(first, params)[0] == pytest.approx(model[(8, 10, 100)], rel=0.02)
+    # Too few models: the priors stay.
+    assert rapp_law.fallbacks(parts[0]) == rapp_law.LawParams()
