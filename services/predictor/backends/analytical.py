@@ -43,9 +43,10 @@ TERMS = {
     # iGniter's own prediction weighted by the co-runner's share of the two batch times: in
     # every public pair the slowdown grows with the co-runner's solo latency relative to the
     # target's (within-pair correlation 0.5-0.7 with iGniter's residual). Always in; extras
-    # from within_pairs.CANDIDATE_EXTRAS are chosen per fit by leave-one-pair-out MAPE, and
-    # slopes come from within-pair variation (pooled: held-out pairs 3.07 %, within: 3.00 %,
-    # with the chosen extras 2.97 %; extra L2/DRAM terms overfit the few training pairs).
+    # from within_pairs.CANDIDATE_EXTRAS and the PAIR_TERM penalty are chosen per fit by
+    # leave-one-pair-out MAPE, slopes come from within-pair variation (held-out pairs:
+    # pooled 3.07 %, within 3.00 %, + chosen extras 2.97 %, + pair-level term 2.38 %; extra
+    # L2/DRAM terms overfit the few training pairs).
     IGNITER_V100: ("igniter_x_co_time",),
     # CPU: shared cores (threads beyond the device's) and how long the co-runners run
     # relative to the target; per-model rate terms extrapolated badly to held-out models
@@ -80,7 +81,42 @@ def igniter_terms(q: Queries) -> dict[str, FloatArray]:
         gap = kernel_time_gap(q)
         if gap is not None:
             columns["kernel_time_gap"] = gap
+        pair_gap = pair_kernel_gap(q)
+        if pair_gap is not None:
+            columns[PAIR_TERM] = pair_gap
     return columns
+
+
+# The pair-level term of within_pairs.WithinPairRidge: how unlike the two models' kernels are
+# in length, from their whole solo tables, so it is one value per pair. In the public pairs,
+# each model slows more next to the co-runner whose kernels are closer to its own in length
+# (alexnet and resnet50 both ~0.23 ms: +12 %; ssd 0.8 and vgg19 1.65 ms: +11 %; the two
+# mismatched pairs +6-7 %), whatever the DRAM/L2 totals say.
+PAIR_TERM = "pair_kernel_gap"
+
+
+def mean_kernel_time(profiles: IgniterProfiles, model: str) -> float:
+    """Geometric mean over the solo table (shares 20-80 %, every batch) of batch time per
+    kernel (ms); KeyError/ValueError without a table or a kernel count."""
+    kernels = float(profiles.config[model]["kernel"])
+    table = profiles.solo[model]["latency"]
+    logs = [np.log(v / kernels) for by in table.values() for s, v in by.items() if 20 <= s <= 80]
+    if not logs:
+        raise ValueError(f"no solo latency of {model} at shares 20-80 %")
+    return float(np.exp(np.mean(logs)))
+
+
+def pair_kernel_gap(q: Queries) -> FloatArray | None:
+    """|log| ratio of target's and co-runner's mean kernel times; None when one is unknown."""
+    if not isinstance(q.profiles, IgniterProfiles):
+        return None
+    try:
+        times = {m: mean_kernel_time(q.profiles, m) for m in {*q.model, *q.corunner}}
+    except (KeyError, TypeError, ValueError):
+        return None
+    own = np.log([times[m] for m in q.model])
+    other = np.log([times[m] for m in q.corunner])
+    return np.asarray(np.abs(own - other), dtype=np.float64)
 
 
 def kernel_time_gap(q: Queries) -> FloatArray | None:
@@ -97,10 +133,11 @@ def kernel_time_gap(q: Queries) -> FloatArray | None:
 
 
 def igniter_matrix(
-    q: Queries, extras: tuple[str, ...], models: tuple[str, ...]
+    q: Queries, extras: tuple[str, ...], models: tuple[str, ...], pair_term: bool = False
 ) -> tuple[tuple[str, ...], FloatArray]:
-    """iGniter's terms plus `extras` (see within_pairs.CANDIDATE_EXTRAS); `models` are the
-    training models that get an asymmetry column (an unseen model has none)."""
+    """iGniter's terms plus `extras` (see within_pairs.CANDIDATE_EXTRAS), and PAIR_TERM last
+    when `pair_term`; `models` are the training models that get an asymmetry column (an
+    unseen model has none)."""
     columns = igniter_terms(q)
     names = list(TERMS[IGNITER_V100])
     for extra in extras:
@@ -111,6 +148,8 @@ def igniter_matrix(
             name = f"asymmetry:{model}"
             columns[name] = (q.model == model).astype(np.float64) - (q.corunner == model)
             names.append(name)
+    if pair_term:
+        names.append(PAIR_TERM)
     return tuple(names), np.column_stack([columns[n] for n in names])
 
 
@@ -134,30 +173,33 @@ class AnalyticalBackend(LogRatioBackend):
 
     def __init__(self) -> None:
         super().__init__()
-        # iGniter with `config`: training models and the extra terms chosen in `fit`; empty
-        # models means the pooled ridge of `analytical_terms`.
+        # iGniter with `config`: training models, the extra terms and the pair-level penalty
+        # chosen in `fit`; empty models means the pooled ridge of `analytical_terms`.
         self.models: tuple[str, ...] = ()
         self.extras: tuple[str, ...] = ()
+        self.pair_shrink: float | None = None
 
     def make_regressor(self, dataset: str) -> Regressor:
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
 
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
         if self.models and queries.dataset == IGNITER_V100:
-            return igniter_matrix(queries, self.extras, self.models)
+            pair_term = self.pair_shrink is not None
+            return igniter_matrix(queries, self.extras, self.models, pair_term)
         return analytical_terms(queries)
 
     def fit(self, samples: Samples) -> None:
-        self.models, self.extras = (), ()
+        self.models, self.extras, self.pair_shrink = (), (), None
         q = samples.queries
         columns = igniter_terms(q) if samples.dataset == IGNITER_V100 else {}
         if "igniter_x_co_time" in columns:
             self.models = tuple(sorted({*map(str, q.model), *map(str, q.corunner)} - {""}))
             z = features.encode(samples, self.base_values(q, 1.0))
-            self.extras = within_pairs.choose_extras(
-                lambda extras: igniter_matrix(q, extras, self.models)[1],
+            self.extras, self.pair_shrink = within_pairs.choose(
+                lambda extras, pair: igniter_matrix(q, extras, self.models, pair)[1],
                 z,
                 splits.pair_keys(samples),
+                shrinks=within_pairs.PAIR_SHRINKS if PAIR_TERM in columns else (None,),
                 available=frozenset({"asymmetry", *columns}),
             )
         super().fit(samples)
@@ -167,7 +209,7 @@ class AnalyticalBackend(LogRatioBackend):
             return super()._fit_once(samples)
         q = samples.queries
         z = features.encode(samples, self.base_values(q, 1.0))
-        regressor = within_pairs.WithinPairRidge().fit(
+        regressor = within_pairs.WithinPairRidge(pair_shrink=self.pair_shrink).fit(
             self.matrix(q)[1], z, splits.pair_keys(samples)
         )
         return regressor, float(np.median(samples.target))
