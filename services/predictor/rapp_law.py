@@ -193,13 +193,14 @@ def fallbacks(q: Queries, base: LawParams = LawParams()) -> LawParams:
     return out
 
 
-def fit(q: Queries, latency: FloatArray, rows: int = 6000, seed: int = 0) -> LawParams:
-    """Global shape parameters by robust least squares on log latency over (a seeded sample
-    of) the training rows; rows without a finite estimate are left out. The anchor-row
-    fallbacks come first, in closed form."""
+def fit(q: Queries, latency: FloatArray, rows: int | None = None, seed: int = 0) -> LawParams:
+    """Global shape parameters by robust least squares on log latency over the training rows
+    (or a seeded sample of `rows` of them); rows without a finite estimate are left out. The
+    anchor-row fallbacks come first, in closed form. All rows by default: on family-grouped
+    folds of the public data a 6,000-row sample moved MAPE by up to 0.8 pp between seeds."""
     prior = fallbacks(q)
     usable = np.flatnonzero(np.isfinite(estimate(q, prior)) & (latency > 0))
-    if len(usable) > rows:
+    if rows is not None and len(usable) > rows:
         usable = np.sort(np.random.default_rng(seed).choice(usable, rows, replace=False))
     if len(usable) < 2 * len(FITTED):
         return LawParams()
