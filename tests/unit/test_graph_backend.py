@@ -220,3 +220,46 @@ def test_full_embedding_when_no_inner_fold_can_choose(
     backend = GraphBackend()
     backend.fit(cpu.take(np.arange(0, len(cpu), 2, dtype=np.intp)))
     assert backend.operator is not None and backend.operator.view == "sign"
+
+
+def test_ranking_candidates_thin_averaging_ensembles_only() -> None:
+    from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
+
+    from services.predictor.backends.amplitude import AmplitudeShapeRegressor, MeanRegressor
+    from services.predictor.backends.residual import ResidualRegressor
+
+    def trees(count: int) -> ExtraTreesRegressor:
+        return ExtraTreesRegressor(n_estimators=count)
+
+    composite = MeanRegressor(
+        [
+            ResidualRegressor(1, trees(200)),
+            AmplitudeShapeRegressor([0], lambda: trees(300), lambda: trees(40)),
+        ]
+    )
+    thinned = graph.thinned(composite, 0.25)
+    assert thinned is composite  # in place
+    residual, amplitude = composite.members
+    assert residual.trees.n_estimators == 50
+    assert amplitude.amplitude.n_estimators == 75
+    assert amplitude.shape.n_estimators == graph.MIN_RANKING_TREES  # never below the floor
+    boosting = HistGradientBoostingRegressor(max_iter=150)
+    assert graph.thinned(boosting, 0.25).max_iter == 150  # fewer rounds: another model
+
+
+@needs_cpu_data
+def test_views_ranked_on_subsampled_inner_folds(
+    cpu: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    fit_once = graph.OperatorGraphBackend._fit_once
+
+    def spy(self: graph.OperatorGraphBackend, samples: Samples) -> tuple[object, float]:
+        sizes.append(len(samples))
+        return fit_once(self, samples)
+
+    monkeypatch.setattr(graph, "RANKING_ROWS", 40)
+    monkeypatch.setattr(graph.OperatorGraphBackend, "_fit_once", spy)
+    errors = graph.view_errors(cpu)
+    assert set(errors) == set(graph.VIEWS) and all(np.isfinite(list(errors.values())))
+    assert sizes and max(sizes) == 40  # every inner training fold is larger than 40 rows

@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
 from services.common import onnx_graph
 from services.predictor import features, operator_graphs, rapp_law, splits
@@ -295,15 +297,20 @@ def embeddings(queries: Queries) -> tuple[FloatArray, FloatArray | None]:
             raise ValueError(f"{dataset} model {name!r} has no operator graph")
         return embedding
 
-    target = np.array([of(str(m)) for m in queries.model], dtype=np.float64).reshape(-1, width)
+    # One embedding per distinct model (or co-runner set), then gathered per row: RaPP's
+    # 45k rows name 57 models.
+    names, index = np.unique(np.asarray(queries.model, dtype=np.str_), return_inverse=True)
+    table = np.array([of(str(n)) for n in names], dtype=np.float64).reshape(-1, width)
+    target = table[index.reshape(-1)]
     if dataset == RAPP_V100:
         return target, None
-    means: dict[str, FloatArray] = {}
-    for cell in np.unique(queries.corunner):
-        names = _corunner_names(str(cell))
-        means[str(cell)] = np.mean([of(n) for n in names], axis=0) if names else np.zeros(width)
-    others = np.array([means[str(c)] for c in queries.corunner], dtype=np.float64)
-    return target, others.reshape(-1, width)
+    cells, index = np.unique(np.asarray(queries.corunner, dtype=np.str_), return_inverse=True)
+    means = np.zeros((len(cells), width))
+    for row, cell in enumerate(cells):
+        members = _corunner_names(str(cell))
+        if members:
+            means[row] = np.mean([of(n) for n in members], axis=0)
+    return target, means[index.reshape(-1)]
 
 
 class OperatorGraphBackend(ForestBackend):
@@ -341,6 +348,39 @@ class OperatorGraphBackend(ForestBackend):
         super().fit(samples)
 
 
+# Ranking the views needs their relative error on held-out models, not a final model, so the
+# candidates are cheaper than the final fit (which stays as it is): inner training folds are
+# subsampled to RANKING_ROWS rows (RaPP's ~30k; its latency law is fitted to them too), and
+# every averaging tree ensemble keeps a RANKING_TREES share of its trees. Fewer trees add
+# variance to an average of trees but do not change what it estimates; boosting is left as is.
+RANKING_ROWS = 5_000
+RANKING_TREES = 0.5
+MIN_RANKING_TREES = 20
+
+
+def thinned(regressor: Regressor, share: float = RANKING_TREES) -> Regressor:
+    """`regressor` with every ExtraTrees / random forest inside it (our composite regressors
+    hold them in attributes and lists) cut to `share` of its trees, in place."""
+    if isinstance(regressor, ExtraTreesRegressor | RandomForestRegressor):
+        trees = max(MIN_RANKING_TREES, round(share * regressor.n_estimators))
+        return regressor.set_params(n_estimators=min(trees, regressor.n_estimators))
+    if isinstance(regressor, BaseEstimator) or not type(regressor).__module__.startswith(
+        "services."
+    ):
+        return regressor
+    for value in vars(regressor).values():
+        for member in value if isinstance(value, list | tuple) else (value,):
+            thinned(member, share)
+    return regressor
+
+
+class _RankingBackend(OperatorGraphBackend):
+    """A candidate view fitted only to rank it: the backend's regressor, thinned."""
+
+    def make_regressor(self, dataset: str) -> Regressor:
+        return thinned(super().make_regressor(dataset))
+
+
 def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     """Mean |log error| of each embedding view on held-out-model folds inside `samples`
     (no margin): the choice is made on training data only."""
@@ -348,11 +388,14 @@ def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     groups = len(np.unique(splits.model_groups(samples)))
     count = min(2 if samples.dataset == RAPP_V100 else folds, groups)
     for train, test in splits.held_out_models(samples, count):
+        if len(train) > RANKING_ROWS:
+            pick = np.random.default_rng(0).choice(train, RANKING_ROWS, replace=False)
+            train = np.sort(pick).astype(np.intp)
         inner, held = samples.take(train), samples.take(test)
         # The base the final fit will use (RaPP: the latency law fitted to these rows).
         law = rapp_law.fit(inner.queries, inner.target) if inner.dataset == RAPP_V100 else None
         for view in VIEWS:
-            candidate = OperatorGraphBackend(view)
+            candidate = _RankingBackend(view)
             candidate.rapp_law = law
             candidate.keep_varying(inner.queries)
             regressor, fallback = candidate._fit_once(inner)
