@@ -1,7 +1,7 @@
 """Latency-prediction accuracy: every backend and the seed baselines on three splits.
 
     .venv/bin/python bench/predictor.py [--data ../shared/data] [--datasets A,B] [--folds 5]
-        [--cpu-data data/cpu-profiles]
+        [--cpu-data data/cpu-profiles] [--jobs 2]
 
 The public data sets are read from --data/NAME; `cpu-profiles` (DeInfer's own profiler CSVs)
 from --cpu-data.
@@ -10,20 +10,31 @@ Splits: random rows (comparability only), held-out pairs (unordered pair groups)
 models (every row involving a test model out of training; RaPP: whole model families). Each
 backend is fitted on the training folds only (its safety margin is calibrated by grouped
 folds inside them); predictions of all test folds are pooled and scored once.
+
+The folds of a row run in --jobs worker processes, each fit single-threaded: scikit-learn's
+thread workers (n_jobs > 1) wrap every task in `warnings.catch_warnings`, which is not
+thread-safe before Python 3.14; two trees starting at once can leave the process's warning
+filters empty, after which every later task warns "`sklearn.utils.parallel.delayed` should be
+used with `sklearn.utils.parallel.Parallel`". Processes use both cores for the whole fit
+(also RaPP's latency law and boosting under OMP_NUM_THREADS=1), and n_jobs does not change
+a forest's trees, so the scores are those of a serial run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from joblib import parallel_config  # type: ignore[import-untyped]  # scikit-learn's own
 
 from services.predictor import datasets, splits
 from services.predictor.backends import BACKENDS, Backend
 from services.predictor.baselines import BASELINES, NotApplicable
-from services.predictor.datasets.base import CPU_PROFILES, DATASETS, Samples
+from services.predictor.datasets.base import CPU_PROFILES, DATASETS, FloatArray, IntArray, Samples
 from services.predictor.metrics import Scores, score
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,15 +47,44 @@ TARGETS = {
 }
 
 
-def cross_validate(kind: type[Backend], samples: Samples, split: str, folds: int) -> Scores | None:
-    predicted = np.full(len(samples), np.nan)
-    for train, test in splits.folds_for(split, samples, folds):
+# The data set the worker processes score (set once per pool, not pickled per fold).
+_SAMPLES: Samples | None = None
+
+
+def _use(samples: Samples) -> None:
+    global _SAMPLES
+    _SAMPLES = samples
+
+
+def _fit_fold(kind: type[Backend], train: IntArray, test: IntArray) -> FloatArray | None:
+    """One fold's test predictions, None when the backend does not apply to the data set."""
+    assert _SAMPLES is not None
+    with parallel_config(backend="sequential"):  # see the module docstring
         backend = kind()
         try:
-            backend.fit(samples.take(train))
+            backend.fit(_SAMPLES.take(train))
         except NotApplicable:
             return None
-        predicted[test] = backend.predict(samples.take(test).queries)
+        return backend.predict(_SAMPLES.take(test).queries)
+
+
+def cross_validate(
+    kind: type[Backend], samples: Samples, split: str, folds: int, pool: Executor | None = None
+) -> Scores | None:
+    """Pooled test-fold scores; the folds run in `pool` (its workers hold `samples`, see
+    `_use`), or here."""
+    predicted = np.full(len(samples), np.nan)
+    fold_list = list(splits.folds_for(split, samples, folds))
+    if pool is None:
+        _use(samples)
+        results = [_fit_fold(kind, train, test) for train, test in fold_list]
+    else:
+        trains, tests = [train for train, _ in fold_list], [test for _, test in fold_list]
+        results = list(pool.map(_fit_fold, [kind] * len(fold_list), trains, tests))
+    for (_, test), result in zip(fold_list, results, strict=True):
+        if result is None:
+            return None
+        predicted[test] = result
     covered = ~np.isnan(predicted)
     if not covered.any():
         return None
@@ -57,16 +97,20 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cpu-data", type=Path, default=DEFAULT_CPU_DATA)
+    parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2))
     args = parser.parse_args()
     print("| data set | split | predictor | MAPE % | p90 APE % | R^2 | MAE | under % | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         folder = args.cpu_data if name == CPU_PROFILES else args.data / name
         samples = datasets.load(name, folder)
+        pool = None
+        if args.jobs > 1:
+            pool = ProcessPoolExecutor(args.jobs, initializer=_use, initargs=(samples,))
         for split in splits.SPLITS:
             for label, kind in {**BACKENDS, **BASELINES}.items():
                 started = time.perf_counter()
-                result = cross_validate(kind, samples, split, args.folds)
+                result = cross_validate(kind, samples, split, args.folds, pool)
                 if result is None:
                     continue
                 print(
@@ -75,6 +119,8 @@ def main() -> None:
                     f"{time.perf_counter() - started:.0f} |",
                     flush=True,
                 )
+        if pool is not None:
+            pool.shutdown()
     print()
     for (name, split), target in TARGETS.items():
         print(f"target {name} {split}: {target}")
