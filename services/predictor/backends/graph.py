@@ -383,11 +383,12 @@ class _RankingBackend(OperatorGraphBackend):
         return thinned(super().make_regressor(dataset))
 
 
-def _at_most(rows: IntArray, count: int = RANKING_ROWS) -> IntArray:
-    """A seeded sample of `count` of `rows` (all of them when there are fewer)."""
-    if len(rows) <= count:
+def _ranking_rows(rows: IntArray) -> IntArray:
+    """A seeded sample of RANKING_ROWS of `rows` (all of them when there are fewer)."""
+    if len(rows) <= RANKING_ROWS:
         return rows
-    return np.sort(np.random.default_rng(0).choice(rows, count, replace=False)).astype(np.intp)
+    pick = np.random.default_rng(0).choice(rows, RANKING_ROWS, replace=False)
+    return np.sort(pick).astype(np.intp)
 
 
 def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
@@ -397,7 +398,7 @@ def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     groups = len(np.unique(splits.model_groups(samples)))
     count = min(2 if samples.dataset == RAPP_V100 else folds, groups)
     for train, test in splits.held_out_models(samples, count):
-        inner, held = samples.take(_at_most(train)), samples.take(_at_most(test))
+        inner, held = samples.take(_ranking_rows(train)), samples.take(_ranking_rows(test))
         # The base the final fit will use (RaPP: the latency law fitted to these rows).
         law = rapp_law.fit(inner.queries, inner.target) if inner.dataset == RAPP_V100 else None
         for view in VIEWS:
