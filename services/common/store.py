@@ -223,4 +223,4 @@ class Store:
                 log.warning("event subscription lost, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(retry_s)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8.2
