@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from services.predictor.datasets.base import (
     Samples,
 )
 from services.predictor.metrics import UNDER_FACTOR
+from services.predictor.rapp_anchor_imputation import AnchorImputer
 
 
 class NotFittedError(RuntimeError):
@@ -89,6 +91,8 @@ class LogRatioBackend(Backend):
         self.margin = 0.0
         # RaPP: the latency law's shape parameters, fitted to the training rows in `fit`.
         self.rapp_law: rapp_law.LawParams | None = None
+        # RaPP: estimates of anchors a model was never measured at, from its operator graph.
+        self.anchor_imputer: AnchorImputer | None = None
 
     @abstractmethod
     def make_regressor(self, dataset: str) -> Regressor: ...
@@ -119,7 +123,10 @@ class LogRatioBackend(Backend):
     def fit(self, samples: Samples) -> None:
         self.margin = 0.0
         self.rapp_law = None
+        self.anchor_imputer = None
         if samples.dataset == RAPP_V100:
+            self.anchor_imputer = AnchorImputer.fit(samples.queries)
+            samples = replace(samples, queries=self.anchor_imputer.fill(samples.queries))
             self.rapp_law = rapp_law.fit(samples.queries, samples.target)
         if self.calibrate and samples.dataset not in self.uncalibrated:
             residuals: list[FloatArray] = []
@@ -137,5 +144,7 @@ class LogRatioBackend(Backend):
     def predict(self, queries: Queries) -> FloatArray:
         if self._regressor is None:
             raise NotFittedError(f"{self.name} backend is not trained")
+        if self.anchor_imputer is not None:
+            queries = self.anchor_imputer.fill(queries)
         base = self.base_values(queries, self._fallback_base)
         return features.decode(self._predict_z(self._regressor, queries) + self.margin, base)
