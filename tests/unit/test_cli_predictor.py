@@ -93,9 +93,11 @@ def test_igniter_held_out_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert float(report["under_rate"]) < 0.1  # type: ignore[arg-type]
 
 
-def test_rapp_held_out_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _rapp_resnets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: str
+) -> dict[str, object]:
+    """Train on a few other families from the flat CSV; test on the ResNets' JSON `files`."""
     name = "rapp-v100"
-    # Train on a few other families from the flat CSV; test on ResNets from JSON files.
     train_models = {"vgg11", "vgg16", "densenet121", "mnasnet1_0", "regnet_x_8gf", "alexnet"}
     _split_csv(
         DATA / name / "rapp_profiles_flat.csv",
@@ -105,9 +107,9 @@ def test_rapp_held_out_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     test = tmp_path / "test" / "graph_features_all_models"
     test.mkdir(parents=True)
-    for path in (DATA / name / "graph_features_all_models").glob("resnet*_*.json"):
+    for path in (DATA / name / "graph_features_all_models").glob(files):
         shutil.copy(path, test / path.name)
-    report = _evaluate(
+    return _evaluate(
         capsys,
         "--dataset",
         name,
@@ -116,9 +118,22 @@ def test_rapp_held_out_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "--test",
         str(tmp_path / "test"),
     )
+
+
+def test_rapp_held_out_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = _rapp_resnets(tmp_path, capsys, "resnet*_*.json")
     assert report["n_test"] == 3 * 800
     # The fitted latency law on 6 training models: ~10 % MAPE on the three ResNets.
     assert 0 < float(report["mape"]) < 20.0  # type: ignore[arg-type]
+
+
+def test_rapp_model_without_anchor_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the SM 50 % files of the ResNets hold none of their anchors: those come from the
+    operator graphs, not from the training median."""
+    report = _rapp_resnets(tmp_path, capsys, "resnet*_50.json")
+    assert report["n_test"] == 3 * 40
+    # The training median scores ~130 % here; graph-estimated anchors ~20 %.
+    assert 0 < float(report["mape"]) < 60.0  # type: ignore[arg-type]
 
 
 def test_missing_data_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,32 +151,3 @@ def test_missing_data_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert code == 1
     assert "gpulet.config not found" in capsys.readouterr().err
-
-
-def test_rapp_model_without_anchor_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A test folder with only the SM 50 % files of the ResNets holds none of their anchors:
-    those come from the operator graphs, not from the training median."""
-    name = "rapp-v100"
-    train_models = {"vgg11", "vgg16", "densenet121", "mnasnet1_0", "regnet_x_8gf", "alexnet"}
-    _split_csv(
-        DATA / name / "rapp_profiles_flat.csv",
-        tmp_path / "unused" / "rapp_profiles_flat.csv",
-        tmp_path / "train" / "rapp_profiles_flat.csv",
-        lambda r: r["model_name"] in train_models,
-    )
-    test = tmp_path / "test" / "graph_features_all_models"
-    test.mkdir(parents=True)
-    for path in (DATA / name / "graph_features_all_models").glob("resnet*_50.json"):
-        shutil.copy(path, test / path.name)
-    report = _evaluate(
-        capsys,
-        "--dataset",
-        name,
-        "--train",
-        str(tmp_path / "train"),
-        "--test",
-        str(tmp_path / "test"),
-    )
-    assert report["n_test"] == 3 * 40
-    # The training median scores ~130 % here; graph-estimated anchors ~20-40 %.
-    assert 0 < float(report["mape"]) < 60.0  # type: ignore[arg-type]
