@@ -33,7 +33,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from services.predictor import operator_graphs, rapp_law
-from services.predictor.datasets.base import RAPP_V100, FloatArray, Queries
+from services.predictor.datasets.base import RAPP_V100, FloatArray, Queries, Samples
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,24 @@ class AnchorImputer:
         ]
         offset = float(np.mean(offsets)) if offsets else 0.0
         return {a: float(np.exp(graph_log(a) + offset)) for a in missing}
+
+
+@dataclass(frozen=True)
+class FittedLaw:
+    """RaPP's latency law as every backend uses it: the training models' anchor lines, and
+    the law's shape parameters fitted on the training rows once their gaps are filled."""
+
+    imputer: AnchorImputer
+    params: rapp_law.LawParams
+
+    @classmethod
+    def fit(cls, samples: Samples) -> FittedLaw:
+        imputer = AnchorImputer.fit(samples.queries)
+        filled = imputer.fill(samples.queries)
+        return cls(imputer, rapp_law.fit(filled, samples.target))
+
+    def fill(self, queries: Queries) -> Queries:
+        return self.imputer.fill(queries)
 
 
 def _to_fill(missing: list[Anchor], known: dict[Anchor, FloatArray], index: int) -> list[Anchor]:

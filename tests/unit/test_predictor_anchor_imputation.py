@@ -16,6 +16,7 @@ from services.predictor.rapp_anchor_imputation import (
     FULL_BATCH1,
     FULL_BATCH4,
     AnchorImputer,
+    FittedLaw,
     graph_sizes,
 )
 
@@ -132,3 +133,18 @@ def test_backends_predict_a_never_profiled_model() -> None:
     assert np.isfinite(predicted).all() and (predicted > 0).all()
     # Not the training median for every row: the estimate varies with the configuration.
     assert len(np.unique(np.round(predicted, 6))) > len(GRID) // 2
+
+
+def test_training_rows_without_anchors_are_filled_before_the_law_is_fitted() -> None:
+    measured = {m: true_anchors(m) for m in TRAIN_MODELS}
+    train = grid_queries({**measured, "resnet34": {}})
+    latency = rapp_law.estimate(grid_queries({**measured, "resnet34": true_anchors("resnet34")}))
+    law = FittedLaw.fit(Samples(train, latency))
+    filled = law.fill(train)
+    rows = filled.model == "resnet34"
+    assert np.isfinite(filled.columns[anchor_name(FULL_BATCH4)][rows]).all()
+    # Every training row, the anchor-less model's too, has a finite law estimate to fit to,
+    # so its rows shape the law (unfilled, the fit would leave them out).
+    assert np.isfinite(rapp_law.estimate(filled, law.params)).all()
+    assert not np.isfinite(rapp_law.estimate(train)[train.model == "resnet34"]).any()
+    assert law.params != rapp_law.fit(train, latency)

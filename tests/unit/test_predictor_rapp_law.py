@@ -105,8 +105,10 @@ def test_forest_backend_uses_the_fitted_law_as_its_base() -> None:
     backend = ForestBackend()
     backend.fit(samples)
     assert backend.rapp_law is not None
-    assert backend.rapp_law.sm_exponent == pytest.approx(0.7, abs=0.05)
-    assert features.rapp_base(q, 1.0, backend.rapp_law) == pytest.approx(samples.target, rel=0.05)
+    assert backend.rapp_law.params.sm_exponent == pytest.approx(0.7, abs=0.05)
+    assert features.rapp_base(q, 1.0, backend.rapp_law.params) == pytest.approx(
+        samples.target, rel=0.05
+    )
     assert backend.predict(q) == pytest.approx(samples.target, rel=0.05)
 
 

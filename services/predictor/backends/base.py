@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from services.predictor import features, rapp_law
+from services.predictor import features
 from services.predictor.datasets.base import (
     DEINFER_RTX3080,
     RAPP_V100,
@@ -19,7 +19,7 @@ from services.predictor.datasets.base import (
     Samples,
 )
 from services.predictor.metrics import UNDER_FACTOR
-from services.predictor.rapp_anchor_imputation import AnchorImputer
+from services.predictor.rapp_anchor_imputation import FittedLaw
 
 
 class NotFittedError(RuntimeError):
@@ -89,10 +89,9 @@ class LogRatioBackend(Backend):
         self._names: tuple[str, ...] = ()
         self._fallback_base = 1.0
         self.margin = 0.0
-        # RaPP: the latency law's shape parameters, fitted to the training rows in `fit`.
-        self.rapp_law: rapp_law.LawParams | None = None
-        # RaPP: estimates of anchors a model was never measured at, from its operator graph.
-        self.anchor_imputer: AnchorImputer | None = None
+        # RaPP: the latency law (and the anchor estimates for models that lack some), fitted
+        # to the training rows in `fit`.
+        self.rapp_law: FittedLaw | None = None
 
     @abstractmethod
     def make_regressor(self, dataset: str) -> Regressor: ...
@@ -100,9 +99,14 @@ class LogRatioBackend(Backend):
     def matrix(self, queries: Queries) -> tuple[tuple[str, ...], FloatArray]:
         return design_matrix(queries)
 
+    def prepare(self, queries: Queries) -> Queries:
+        """RaPP: the queries with the anchors their models lack estimated (a no-op when
+        nothing is missing, so preparing twice costs little)."""
+        return queries if self.rapp_law is None else self.rapp_law.fill(queries)
+
     def base_values(self, queries: Queries, fallback: float) -> FloatArray:
         if queries.dataset == RAPP_V100 and self.rapp_law is not None:
-            return features.rapp_base(queries, fallback, self.rapp_law)
+            return features.rapp_base(self.prepare(queries), fallback, self.rapp_law.params)
         return features.base_values(queries, fallback)
 
     def _fit_once(self, samples: Samples) -> tuple[Regressor, float]:
@@ -110,6 +114,7 @@ class LogRatioBackend(Backend):
             pick = np.random.default_rng(0).choice(len(samples), self.max_train_rows, replace=False)
             samples = samples.take(np.sort(pick).astype(np.intp))
         fallback = float(np.median(samples.target))
+        samples = replace(samples, queries=self.prepare(samples.queries))
         _, matrix = self.matrix(samples.queries)
         base = self.base_values(samples.queries, fallback)
         regressor = self.make_regressor(samples.dataset)
@@ -117,17 +122,14 @@ class LogRatioBackend(Backend):
         return regressor, fallback
 
     def _predict_z(self, regressor: Regressor, queries: Queries) -> FloatArray:
-        _, matrix = self.matrix(queries)
+        _, matrix = self.matrix(self.prepare(queries))
         return np.asarray(regressor.predict(matrix), dtype=np.float64)
 
     def fit(self, samples: Samples) -> None:
         self.margin = 0.0
         self.rapp_law = None
-        self.anchor_imputer = None
         if samples.dataset == RAPP_V100:
-            self.anchor_imputer = AnchorImputer.fit(samples.queries)
-            samples = replace(samples, queries=self.anchor_imputer.fill(samples.queries))
-            self.rapp_law = rapp_law.fit(samples.queries, samples.target)
+            self.rapp_law = FittedLaw.fit(samples)
         if self.calibrate and samples.dataset not in self.uncalibrated:
             residuals: list[FloatArray] = []
             for train, test in inner_folds(samples):
@@ -144,7 +146,5 @@ class LogRatioBackend(Backend):
     def predict(self, queries: Queries) -> FloatArray:
         if self._regressor is None:
             raise NotFittedError(f"{self.name} backend is not trained")
-        if self.anchor_imputer is not None:
-            queries = self.anchor_imputer.fill(queries)
         base = self.base_values(queries, self._fallback_base)
         return features.decode(self._predict_z(self._regressor, queries) + self.margin, base)

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
 from services.common import onnx_graph
-from services.predictor import features, operator_graphs, rapp_law, splits
+from services.predictor import features, operator_graphs, splits
 from services.predictor.backends.base import Backend, LogRatioBackend, NotFittedError, Regressor
 from services.predictor.backends.forest import ForestBackend, make_forest
 from services.predictor.datasets.base import (
@@ -54,6 +54,7 @@ from services.predictor.graph_encoder import (
     encode,
     operator_embedding,
 )
+from services.predictor.rapp_anchor_imputation import FittedLaw
 
 Graph = tuple[FloatArray, list[tuple[int, int]]]
 
@@ -400,7 +401,7 @@ def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     for train, test in splits.held_out_models(samples, count):
         inner, held = samples.take(_ranking_rows(train)), samples.take(_ranking_rows(test))
         # The base the final fit will use (RaPP: the latency law fitted to these rows).
-        law = rapp_law.fit(inner.queries, inner.target) if inner.dataset == RAPP_V100 else None
+        law = FittedLaw.fit(inner) if inner.dataset == RAPP_V100 else None
         for view in VIEWS:
             candidate = _RankingBackend(view)
             candidate.rapp_law = law

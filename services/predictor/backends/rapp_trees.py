@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from services.predictor import features, rapp_law, splits
+from services.predictor import features, splits
 from services.predictor.backends.base import LogRatioBackend
 from services.predictor.datasets.base import FloatArray, Samples
+from services.predictor.rapp_anchor_imputation import FittedLaw
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 INNER_ROWS = 8000  # per inner fit: keeps the choice to seconds on a small CPU
@@ -39,7 +40,7 @@ def tree_weight(samples: Samples, make: Callable[[], LogRatioBackend], folds: in
             train = np.sort(rng.choice(train, INNER_ROWS, replace=False)).astype(np.intp)
         inner, held = samples.take(train), samples.take(test)
         candidate = make()
-        candidate.rapp_law = rapp_law.fit(inner.queries, inner.target)
+        candidate.rapp_law = FittedLaw.fit(inner)
         regressor, fallback = candidate._fit_once(inner)
         base = candidate.base_values(held.queries, fallback)
         truths.append(features.encode(held, base))
