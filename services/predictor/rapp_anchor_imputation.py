@@ -66,7 +66,7 @@ class AnchorImputer:
 
     @classmethod
     def fit(cls, queries: Queries) -> AnchorImputer:
-        names, known = _anchor_table(queries)
+        names, _, known = _anchor_table(queries)
         sizes = [graph_sizes(str(name)) for name in names]
         has_graph = np.array([s is not None for s in sizes], dtype=bool)
         lines: dict[Anchor, Pipeline] = {}
@@ -84,8 +84,7 @@ class AnchorImputer:
         model's graph and a fitted line for that anchor exist; unchanged otherwise."""
         if queries.dataset != RAPP_V100 or not self.lines or len(queries) == 0:
             return queries
-        names, known = _anchor_table(queries)
-        inverse = np.unique(queries.model, return_inverse=True)[1].reshape(-1)
+        names, inverse, known = _anchor_table(queries)
         columns = dict(queries.columns)
         filled = 0
         for index, name in enumerate(names):
@@ -153,7 +152,10 @@ def _to_fill(missing: list[Anchor], known: dict[Anchor, FloatArray], index: int)
     return missing
 
 
-def _anchor_table(queries: Queries) -> tuple[np.ndarray, dict[Anchor, FloatArray]]:
-    """Model names (sorted) and each one's anchors as any of its rows shows them."""
-    names = np.unique(queries.model)
-    return names, rapp_law.model_anchors(queries)
+def _anchor_table(
+    queries: Queries,
+) -> tuple[np.ndarray, np.ndarray, dict[Anchor, FloatArray]]:
+    """Model names (sorted, as `rapp_law.model_anchors` orders them), each row's index into
+    them, and each model's anchors as any of its rows shows them."""
+    names, inverse = np.unique(queries.model, return_inverse=True)
+    return names, inverse.reshape(-1), rapp_law.model_anchors(queries)
