@@ -7,9 +7,12 @@ The public data sets are read from --data/NAME; `cpu-profiles` (DeInfer's own pr
 from --cpu-data.
 
 Splits: random rows (comparability only), held-out pairs (unordered pair groups), held-out
-models (every row involving a test model out of training; RaPP: whole model families). Each
-backend is fitted on the training folds only (its safety margin is calibrated by grouped
-folds inside them); predictions of all test folds are pooled and scored once.
+models (one model at a time, every row involving it out of training; RaPP: whole model
+families) and held-out model sets (models in --folds chunks out together, so test rows may
+pair two unseen models; only where that differs from one model at a time). Each backend is
+fitted on the training folds only (its safety margin is calibrated by grouped folds inside
+them); the predictions of all test folds are pooled and scored once (a row in two folds'
+tests counts twice).
 
 The folds of a row run in --jobs worker processes, each fit single-threaded: scikit-learn's
 thread workers (n_jobs > 1) wrap every task in `warnings.catch_warnings`, which is not
@@ -73,7 +76,6 @@ def cross_validate(
 ) -> Scores | None:
     """Pooled test-fold scores; the folds run in `pool` (its workers hold `samples`, see
     `_use`), or here."""
-    predicted = np.full(len(samples), np.nan)
     fold_list = list(splits.folds_for(split, samples, folds))
     if pool is None:
         _use(samples)
@@ -81,14 +83,13 @@ def cross_validate(
     else:
         trains, tests = [train for train, _ in fold_list], [test for _, test in fold_list]
         results = list(pool.map(_fit_fold, [kind] * len(fold_list), trains, tests))
-    for (_, test), result in zip(fold_list, results, strict=True):
-        if result is None:
-            return None
-        predicted[test] = result
-    covered = ~np.isnan(predicted)
-    if not covered.any():
+    if not fold_list or any(result is None for result in results):
         return None
-    return score(samples.target[covered], predicted[covered])
+    # Every fold's predictions count: a co-location row is scored once per held-out model
+    # it involves (one model out at a time), each time by a fit that never saw that model.
+    measured = np.concatenate([samples.target[test] for _, test in fold_list])
+    predicted = np.concatenate([r for r in results if r is not None])
+    return score(measured, predicted)
 
 
 def main() -> None:
@@ -99,8 +100,8 @@ def main() -> None:
     parser.add_argument("--cpu-data", type=Path, default=DEFAULT_CPU_DATA)
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2))
     args = parser.parse_args()
-    print("| data set | split | predictor | MAPE % | p90 APE % | R^2 | MAE | under % | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| data set | split | predictor | n | MAPE % | p90 APE % | R^2 | MAE | under % | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         folder = args.cpu_data if name == CPU_PROFILES else args.data / name
         samples = datasets.load(name, folder)
@@ -114,8 +115,9 @@ def main() -> None:
                 if result is None:
                     continue
                 print(
-                    f"| {name} | {split} | {label} | {result.mape:.2f} | {result.p90_ape:.2f} | "
-                    f"{result.r2:.3f} | {result.mae:.2f} | {100 * result.under_rate:.1f} | "
+                    f"| {name} | {split} | {label} | {result.n} | {result.mape:.2f} | "
+                    f"{result.p90_ape:.2f} | {result.r2:.3f} | {result.mae:.2f} | "
+                    f"{100 * result.under_rate:.1f} | "
                     f"{time.perf_counter() - started:.0f} |",
                     flush=True,
                 )

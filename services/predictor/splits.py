@@ -1,12 +1,17 @@
-"""Train/test splits: random rows, held-out pairs and held-out models (or model families).
+"""Train/test splits: random rows, held-out pairs, held-out models (or model families) and
+held-out model sets.
 
 Held-out splits never let a test pair (unordered) or a test model appear in training, so a
-backend cannot score by memorising a pair's or a model's fingerprint.
+backend cannot score by memorising a pair's or a model's fingerprint. On co-location data a
+row involves two or three models, so "held-out models" removes one model at a time: a new
+model is scored next to co-runners the predictor has seen, as when it joins a running
+cluster, and as the data sets' own baselines were scored. "Held-out model sets" removes
+chunks of models at once, so its test rows also pair two unseen models (a harsher test).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, KFold
@@ -17,7 +22,8 @@ from services.predictor.datasets.rapp_v100 import family
 RANDOM_ROWS = "random-rows"
 HELD_OUT_PAIRS = "held-out-pairs"
 HELD_OUT_MODELS = "held-out-models"
-SPLITS = (RANDOM_ROWS, HELD_OUT_PAIRS, HELD_OUT_MODELS)
+HELD_OUT_MODEL_SETS = "held-out-model-sets"
+SPLITS = (RANDOM_ROWS, HELD_OUT_PAIRS, HELD_OUT_MODELS, HELD_OUT_MODEL_SETS)
 
 Fold = tuple[IntArray, IntArray]
 
@@ -66,18 +72,39 @@ def held_out_pairs(samples: Samples, folds: int = 5) -> Iterator[Fold]:
 
 
 def held_out_models(samples: Samples, folds: int = 5) -> Iterator[Fold]:
-    """Whole models out: a row is a test row when its target OR any of its co-runners is a
-    test model, so no training row involves any test model. For RaPP whole families go out
-    (GroupKFold)."""
+    """One model out at a time: a row is a test row when its target or any of its co-runners
+    is the test model, so no training row involves it (a row of two models is scored in both
+    models' folds). For RaPP `folds` folds of whole families (GroupKFold)."""
     if samples.dataset == RAPP_V100:
         yield from _grouped(model_groups(samples), folds)
         return
+    yield from _without_models(samples, [[str(m)] for m in _all_models(samples)])
+
+
+def held_out_model_sets(samples: Samples, folds: int = 5) -> Iterator[Fold]:
+    """The models in `folds` chunks, each chunk out together, so test rows may pair two unseen
+    models; also the inner-CV split (fewer refits than one model at a time). For RaPP the
+    same family folds as `held_out_models`."""
+    if samples.dataset == RAPP_V100:
+        yield from _grouped(model_groups(samples), folds)
+        return
+    models = _all_models(samples)
+    yield from _without_models(samples, np.array_split(models, min(folds, len(models))))
+
+
+def _all_models(samples: Samples) -> StrArray:
+    """Every model a row runs, as target or co-runner."""
+    others = sorted(set().union(*corunner_sets(samples)))
+    return np.unique(np.concatenate([samples.queries.model, np.array(others, dtype=np.str_)]))
+
+
+def _without_models(samples: Samples, chunks: Iterable[Iterable[str]]) -> Iterator[Fold]:
+    """Per chunk: every row involving one of its models is a test row, the rest train."""
     q = samples.queries
     others = corunner_sets(samples)
-    models = np.unique(np.concatenate([q.model, sorted(set().union(*others))]))
-    for chunk in np.array_split(models, min(folds, len(models))):
-        held = set(chunk.tolist())
-        involved = np.isin(q.model, chunk) | np.array([bool(o & held) for o in others])
+    for chunk in chunks:
+        held = {str(m) for m in chunk}
+        involved = np.isin(q.model, list(held)) | np.array([bool(o & held) for o in others])
         test = np.flatnonzero(involved).astype(np.intp)
         train = np.flatnonzero(~involved).astype(np.intp)
         if len(test) and len(train):
@@ -91,4 +118,9 @@ def folds_for(split: str, samples: Samples, folds: int = 5, seed: int = 0) -> It
         return held_out_pairs(samples, folds)
     if split == HELD_OUT_MODELS:
         return held_out_models(samples, folds)
+    if split == HELD_OUT_MODEL_SETS:
+        # Only where it differs from one model at a time (RaPP: the same family folds).
+        if samples.dataset == RAPP_V100 or len(_all_models(samples)) <= folds:
+            return iter(())
+        return held_out_model_sets(samples, folds)
     raise ValueError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")

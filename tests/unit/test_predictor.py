@@ -10,7 +10,7 @@ import pytest
 from services.predictor import datasets, splits
 from services.predictor.backends import BACKENDS, make_backend
 from services.predictor.backends.base import safety_margin
-from services.predictor.baselines import BASELINES, NotApplicable
+from services.predictor.baselines import BASELINES, DeinferRawForest, NotApplicable
 from services.predictor.datasets.base import DatasetError
 from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name, family
 from services.predictor.graph_encoder import encode, normalised_adjacency
@@ -80,12 +80,24 @@ def test_held_out_splits_never_share_pairs_or_models(deinfer: datasets.Samples) 
     for train, test in splits.held_out_pairs(deinfer):
         assert not set(pairs[train]) & set(pairs[test])
     q = deinfer.queries
-    for train, test in splits.held_out_models(deinfer):
+    models = set(q.model) | set(q.corunner)
+    one_out = list(splits.held_out_models(deinfer))
+    sets = list(splits.held_out_model_sets(deinfer, folds=5))
+    assert len(one_out) == len(models) == 12 and len(sets) == 5
+    unseen_pairs = {"one": 0, "sets": 0}
+    for kind, (train, test) in [*(("one", f) for f in one_out), *(("sets", f) for f in sets)]:
         train_models = set(q.model[train]) | set(q.corunner[train])
         test_only = (set(q.model[test]) | set(q.corunner[test])) - train_models
         assert test_only  # some model of every test row is unseen
         for a, b in zip(q.model[test], q.corunner[test], strict=True):
             assert a in test_only or b in test_only
+            unseen_pairs[kind] += a in test_only and b in test_only
+        if len(test_only) == 1:  # one model out: every row involving it is a test row
+            (model,) = test_only
+            assert len(test) == np.sum((q.model == model) | (q.corunner == model))
+    # Only the model sets pair two unseen models (the data has no model next to itself).
+    assert unseen_pairs["one"] == 0 and unseen_pairs["sets"] > 0
+    assert {m for _, test in one_out for m in q.model[test]} == models
 
 
 @needs_data
@@ -123,3 +135,19 @@ def test_baselines_refuse_foreign_data_sets(deinfer: datasets.Samples) -> None:
     seed = BASELINES["deinfer-seed-forest"]()
     seed.fit(deinfer.take(np.arange(0, len(deinfer), 2)))
     assert np.isfinite(seed.predict(deinfer.queries)).all()
+
+
+@needs_data
+def test_raw_forest_reads_the_readme_columns(deinfer: datasets.Samples) -> None:
+    igniter = datasets.load("igniter-v100", DATA / "igniter-v100")
+    with pytest.raises(NotApplicable, match="deinfer-raw-forest"):
+        BASELINES["deinfer-raw-forest"]().fit(igniter)
+    matrix = DeinferRawForest._matrix(deinfer.queries)
+    c = deinfer.queries.columns
+    assert matrix.shape == (len(deinfer), 13)
+    # Column 5 is A's share, 11 B's total share, 12 the interferer count.
+    for column, name in ((0, "a_batchsize"), (5, "a_share"), (11, "b_share"), (12, "b_copies")):
+        assert np.array_equal(matrix[:, column], c[name])
+    raw = BASELINES["deinfer-raw-forest"]()
+    raw.fit(deinfer.take(np.arange(0, len(deinfer), 2)))
+    assert np.isfinite(raw.predict(deinfer.queries)).all()

@@ -68,7 +68,7 @@ def inner_folds(samples: Samples, folds: int = 3) -> list[tuple[IntArray, IntArr
 
     pairs = list(splits.held_out_pairs(samples, folds))
     # RaPP has no pairs; two family folds keep its 45k-row refits affordable.
-    return pairs if pairs else list(splits.held_out_models(samples, min(folds, 2)))
+    return pairs if pairs else list(splits.held_out_model_sets(samples, min(folds, 2)))
 
 
 class LogRatioBackend(Backend):

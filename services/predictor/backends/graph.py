@@ -398,7 +398,7 @@ def view_errors(samples: Samples, folds: int = 3) -> dict[str, float]:
     errors: dict[str, list[FloatArray]] = {view: [] for view in VIEWS}
     groups = len(np.unique(splits.model_groups(samples)))
     count = min(2 if samples.dataset == RAPP_V100 else folds, groups)
-    for train, test in splits.held_out_models(samples, count):
+    for train, test in splits.held_out_model_sets(samples, count):
         inner, held = samples.take(_ranking_rows(train)), samples.take(_ranking_rows(test))
         # The base the final fit will use (RaPP: the latency law fitted to these rows).
         law = FittedLaw.fit(inner) if inner.dataset == RAPP_V100 else None

@@ -35,7 +35,7 @@ def tree_weight(samples: Samples, make: Callable[[], LogRatioBackend], folds: in
     groups = len(np.unique(splits.model_groups(samples)))
     if groups < 2:
         return 1.0
-    for train, test in splits.held_out_models(samples, min(folds, groups)):
+    for train, test in splits.held_out_model_sets(samples, min(folds, groups)):
         if len(train) > INNER_ROWS:
             train = np.sort(rng.choice(train, INNER_ROWS, replace=False)).astype(np.intp)
         inner, held = samples.take(train), samples.take(test)
