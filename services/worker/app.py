@@ -48,6 +48,7 @@ async def serve(settings: WorkerSettings) -> None:
         settings.worker_heartbeat_s,
         settings.worker_heartbeat_ttl_s,
     )
+    manager.on_change = heartbeat.nudge
 
     async def stopping() -> None:
         # Heartbeats go on meanwhile, flagged draining, so the controller moves work away.

@@ -1,4 +1,6 @@
-"""The worker's heartbeat: its WorkerInfo in Redis with a TTL, refreshed periodically.
+"""The worker's heartbeat: its WorkerInfo in Redis with a TTL, refreshed periodically, and at
+once when `nudge()` says something changed (an instance became ready or went away), so the
+controller and `deinfer status` need not wait a period to see it.
 
 Redis being down must not stop serving: failures are logged (once per outage) and retried
 on the next beat.
@@ -33,6 +35,11 @@ class Heartbeat:
         self.healthy = False
         self._failing = False
         self._task: asyncio.Task[None] | None = None
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Beat now instead of at the end of the period (a no-op before `start`)."""
+        self._nudged.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
@@ -56,8 +63,12 @@ class Heartbeat:
     async def _run(self) -> None:
         while True:
             start = time.monotonic()
+            # Cleared before the beat: a change while it is written gets a beat of its own.
+            self._nudged.clear()
             await self.beat()
-            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - start)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.interval_s - (time.monotonic() - start))):
+                    await self._nudged.wait()
 
     async def stop(self, worker_id: str) -> None:
         """Stop beating and delete the record, so the worker leaves at once."""

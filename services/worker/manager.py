@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -101,6 +102,9 @@ class InstanceManager:
         self.started_at = time.time()
         self.draining = False
         self.shutting_down = False
+        # Called when an instance becomes ready, fails, drains or goes away (the app wires
+        # the heartbeat, so the cluster sees it without waiting a heartbeat period).
+        self.on_change: Callable[[], None] = lambda: None
 
     # --- requests ---
 
@@ -212,7 +216,12 @@ class InstanceManager:
             config = self._process_config(instance, path, spec)
             new = InstanceProcess(config, lambda reason: None)  # replace_process hands over
             await replace_process(
-                instance, old, new, self.settings.worker_load_timeout_s, STOP_TIMEOUT_S
+                instance,
+                old,
+                new,
+                self.settings.worker_load_timeout_s,
+                STOP_TIMEOUT_S,
+                lambda why: self._failed(instance, why),
             )
             if self.instances.get(instance.id) is not instance or instance.id in self._unloads:
                 await new.close(STOP_TIMEOUT_S)  # unloaded meanwhile
@@ -250,7 +259,9 @@ class InstanceManager:
     async def _load(self, instance: Instance, path: Path, warmup: bool) -> float:
         start = time.monotonic()
         spec = instance.spec
-        process = InstanceProcess(self._process_config(instance, path, spec), instance.fail)
+        process = InstanceProcess(
+            self._process_config(instance, path, spec), lambda why: self._failed(instance, why)
+        )
         try:
             try:
                 await process.start(self.settings.worker_load_timeout_s)
@@ -271,6 +282,7 @@ class InstanceManager:
         if instance.state == State.INSTANCE_FAILED:  # died right after warm-up
             raise WorkerError(grpc.StatusCode.FAILED_PRECONDITION, instance.error)
         instance.start(process)
+        self.on_change()
         load_ms = (time.monotonic() - start) * 1e3
         log.info(
             "instance ready",
@@ -281,6 +293,10 @@ class InstanceManager:
             },
         )
         return load_ms
+
+    def _failed(self, instance: Instance, reason: str) -> None:
+        instance.fail(reason)
+        self.on_change()
 
     async def unload(self, instance_id: str, drain_timeout_s: float) -> int:
         """Drain up to the timeout, answer the rest UNAVAILABLE, stop the process."""
@@ -315,6 +331,7 @@ class InstanceManager:
             self._loads.pop(instance_id, None)
             self._unloads.pop(instance_id, None)
             self.metrics.forget(instance.labels)
+            self.on_change()
         log.info("instance unloaded", extra={"instance": instance_id, "abandoned": abandoned})
         return abandoned
 
@@ -327,6 +344,7 @@ class InstanceManager:
             targets = list(self.instances.values())
         for instance in targets:
             instance.begin_drain()
+        self.on_change()
         left = await asyncio.gather(*(i.wait_idle(timeout_s) for i in targets))
         return sum(left)
 
@@ -336,6 +354,7 @@ class InstanceManager:
         log.info("draining before exit", extra={"instances": len(self.instances)})
         for instance in self.instances.values():
             instance.begin_drain()
+        self.on_change()
         await asyncio.gather(*(i.wait_idle(grace_s) for i in self.instances.values()))
         await self.close()
 

@@ -9,6 +9,8 @@ cannot load or warm up, it is stopped and the old one keeps serving at the old s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from services.worker.errors import WorkerError
@@ -28,11 +30,13 @@ async def replace_process(
     new: InstanceProcess,
     load_timeout_s: float,
     drain_timeout_s: float,
+    on_exit: Callable[[str], None],
 ) -> None:
     """Make `new` serve `instance` in place of `old` (make before break).
 
     `new` must be created with an exit callback that ignores exits: until the switch, its
-    death must not fail an instance that the old process still serves.
+    death must not fail an instance that the old process still serves. After the switch its
+    exit calls `on_exit` (which fails the instance).
     """
     try:
         await new.start(load_timeout_s)
@@ -47,7 +51,7 @@ async def replace_process(
         await new.close(0.0)
         raise
     instance.switch_runner(new)
-    new.set_on_exit(instance.fail)  # from now on its exit fails the instance
+    new.set_on_exit(on_exit)  # from now on its exit fails the instance
     old.set_on_exit(_ignore)  # and the old one's no longer does
     await old.finish_batch(drain_timeout_s)
     await old.close(STOP_TIMEOUT_S)

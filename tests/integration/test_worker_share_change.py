@@ -252,3 +252,37 @@ def test_a_new_process_that_dies_in_warm_up_leaves_the_old_one_serving(
             await manager.close()
 
     run(body)
+
+
+def test_every_instance_change_is_announced(
+    repo: Path, tmp_path: Path, daemon: FakeMpsDaemon
+) -> None:
+    """The worker calls `on_change` (its heartbeat) when an instance becomes ready, fails or
+    goes away, with the new state already in what the heartbeat writes."""
+
+    async def body() -> None:
+        manager = manager_for(repo, tmp_path)
+        seen: list[list[tuple[str, int]]] = []
+        manager.on_change = lambda: seen.append(
+            [(s.instance_id, s.state) for s in manager.worker_info("x").instances]
+        )
+        try:
+            await manager.load(load_request(1.0))
+            await manager.load(load_request(1.0, instance_id="i2"))
+            assert seen[-1] == [
+                ("i1", common_pb2.INSTANCE_READY),
+                ("i2", common_pb2.INSTANCE_READY),
+            ]
+            _, _, pid = await served_by(manager, "i2")
+            os.kill(pid, 9)
+            for _ in range(100):  # the exit is noticed on the event loop
+                if len(seen) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen[-1][-1] == ("i2", common_pb2.INSTANCE_FAILED)
+            await manager.unload("i1", 1.0)
+            assert seen[-1] == [("i2", common_pb2.INSTANCE_FAILED)]
+        finally:
+            await manager.close()
+
+    run(body)

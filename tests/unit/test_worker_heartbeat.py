@@ -91,3 +91,35 @@ def test_real_store_unreachable_does_not_raise() -> None:
         await store.close()
 
     asyncio.run(body())
+
+
+def test_a_nudge_beats_now_instead_of_at_the_end_of_the_period() -> None:
+    store = FlakyStore()
+    state = {"instances": 0}
+    heartbeat = Heartbeat(
+        store,  # type: ignore[arg-type]
+        lambda: common_pb2.WorkerInfo(worker_id=f"w{state['instances']}"),
+        interval_s=60.0,
+        ttl_s=0.5,
+    )
+
+    async def wait_for_beats(count: int) -> None:
+        async with asyncio.timeout(5.0):
+            while len(store.beats) < count:
+                await asyncio.sleep(0.005)
+
+    async def body() -> None:
+        heartbeat.nudge()  # before start: the first beat comes anyway, once
+        heartbeat.start()
+        await wait_for_beats(1)
+        await asyncio.sleep(0.05)
+        assert len(store.beats) == 1  # the next one is a minute away...
+        state["instances"] = 1
+        heartbeat.nudge()  # ...unless something changed
+        await wait_for_beats(2)
+        assert store.beats[-1][0] == "w1"
+        await asyncio.sleep(0.05)
+        assert len(store.beats) == 2  # one nudge, one beat
+        await heartbeat.stop("w1")
+
+    asyncio.run(body())
