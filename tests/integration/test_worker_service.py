@@ -452,8 +452,10 @@ def test_killed_instance_process_fails_the_instance(worker: Worker) -> None:
     before = worker.instance_pids()
     worker.load("victim", SLOW, max_batch_size=1, queue_capacity=8)
     (victim_pid,) = worker.instance_pids() - before
-    futures = [worker.infer_async("victim", slow_input()) for _ in range(3)]
-    time.sleep(0.05)
+    futures = [worker.infer_async("victim", slow_input()) for _ in range(8)]
+    # Kill once the first request is served: the others are queued or running then (one
+    # request takes ~10 ms here, so a fixed sleep could see them all served first).
+    assert code_and_details(futures[0])[0] == grpc.StatusCode.OK
     os.kill(victim_pid, signal.SIGKILL)
     for future in futures:  # every request is answered, none hangs
         code, details = code_and_details(future)
