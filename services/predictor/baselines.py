@@ -21,6 +21,15 @@ from services.predictor.datasets.rapp_v100 import ANCHORS, anchor_name
 
 # DeInfer's published least-squares weights of its L2 x GFLOPS product feature.
 DEINFER_BETA = (1.98683e-6, 1.28970e-5)
+# The data README's raw columns per model (prefixed a_ for the target, b_ for the interferer).
+RAW_PER_MODEL = (
+    "batchsize",
+    "mean_l2_hit_rate",
+    "mean_l2_utilization",
+    "mean_sm_efficiency",
+    "model_GFLOPS",
+    "share",
+)
 
 
 class NotApplicable(ValueError):
@@ -57,6 +66,7 @@ class _DeinferTableForest(Backend):
 
     @staticmethod
     def _columns(c: dict[str, FloatArray]) -> FloatArray:
+        """The feature matrix from the table's columns (one row per query)."""
         raise NotImplementedError
 
     def fit(self, samples: Samples) -> None:
@@ -92,16 +102,11 @@ class DeinferRawForest(_DeinferTableForest):
     R^2 0.76-0.78 with pairs held out, 0.64 with one model held out at a time."""
 
     name: ClassVar[str] = "deinfer-raw-forest"
-    PER_MODEL = ("batchsize", "mean_l2_hit_rate", "mean_l2_utilization", "mean_sm_efficiency")
 
-    @classmethod
-    def _columns(cls, c: dict[str, FloatArray]) -> FloatArray:
-        sides = [
-            [c[f"{side}_{name}"] for name in cls.PER_MODEL]
-            + [c[f"{side}_model_GFLOPS"], c[f"{side}_share"]]
-            for side in ("a", "b")
-        ]
-        return np.column_stack([*sides[0], *sides[1], c["b_copies"]])
+    @staticmethod
+    def _columns(c: dict[str, FloatArray]) -> FloatArray:
+        per_model = [f"{side}_{name}" for side in ("a", "b") for name in RAW_PER_MODEL]
+        return np.column_stack([*(c[name] for name in per_model), c["b_copies"]])
 
 
 class IgniterSeed(Backend):

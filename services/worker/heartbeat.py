@@ -1,5 +1,5 @@
 """The worker's heartbeat: its WorkerInfo in Redis with a TTL, refreshed periodically, and at
-once when `nudge()` says something changed (an instance became ready or went away), so the
+once when `nudge()` says an instance changed (ready, failed, draining or gone), so the
 controller and `deinfer status` need not wait a period to see it.
 
 Redis being down must not stop serving: failures are logged (once per outage) and retried
@@ -38,7 +38,7 @@ class Heartbeat:
         self._nudged = asyncio.Event()
 
     def nudge(self) -> None:
-        """Beat now instead of at the end of the period (a no-op before `start`)."""
+        """Beat now instead of at the end of the period (before `start`: the first beat)."""
         self._nudged.set()
 
     def start(self) -> None:
