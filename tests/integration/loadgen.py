@@ -53,7 +53,7 @@ async def _one(
 async def burst(url: str, request: pb.ModelInferRequest, count: int, timeout: float) -> LoadReport:
     """`count` requests sent at once."""
     async with grpc.aio.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         report = LoadReport(sent=count)
         report.outcomes = list(
             await asyncio.gather(*(_one(stub, request, timeout) for _ in range(count)))
@@ -76,6 +76,6 @@ async def closed_loop(
                 await asyncio.sleep(0.01)  # don't spin on a refusing server
 
     async with grpc.aio.insecure_channel(url) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         await asyncio.gather(*(client(stub) for _ in range(clients)))
     return report

@@ -99,7 +99,7 @@ def main() -> None:
     address = env.get("DEINFER_WORKER_ADVERTISE_ADDRESS", f"127.0.0.1:{port}")
     worker = MinimalWorker(worker_id, address, Path(env["DEINFER_MODEL_REPOSITORY"]))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    worker_pb2_grpc.add_WorkerServicer_to_server(worker, server)
+    worker_pb2_grpc.add_WorkerServicer_to_server(worker, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()

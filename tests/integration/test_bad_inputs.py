@@ -20,17 +20,20 @@ BIG = 256 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def infer(stack: LocalStack) -> Iterator[grpc.UnaryUnaryMultiCallable]:
+def infer(stack: LocalStack) -> Iterator[grpc.UnaryUnaryMultiCallable[bytes, bytes]]:
     channel = grpc.insecure_channel(
         stack.url,
         options=[("grpc.max_send_message_length", BIG), ("grpc.max_receive_message_length", BIG)],
     )
-    yield channel.unary_unary(METHOD)  # raw bytes in, raw bytes out
+    # No serializers: raw bytes in, raw bytes out.
+    yield channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
     channel.close()
 
 
-def _request(model: str, arrays: dict[str, np.ndarray], **kw: str) -> pb.ModelInferRequest:
-    req = pb.ModelInferRequest(model_name=model, **kw)
+def _request(
+    model: str, arrays: dict[str, np.ndarray], model_version: str = ""
+) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model, model_version=model_version)
     for name, arr in arrays.items():
         dt = {np.float32: "FP32", np.int64: "INT64", np.float64: "FP64"}[arr.dtype.type]
         req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))
@@ -93,7 +96,7 @@ def _cases() -> list[tuple[str, bytes, grpc.StatusCode, str]]:
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
 def test_bad_request_is_refused_precisely(
-    infer: grpc.UnaryUnaryMultiCallable, case: tuple[str, bytes, grpc.StatusCode, str]
+    infer: grpc.UnaryUnaryMultiCallable[bytes, bytes], case: tuple[str, bytes, grpc.StatusCode, str]
 ) -> None:
     _, payload, code, word = case
     with pytest.raises(grpc.RpcError) as err:
@@ -107,7 +110,7 @@ def test_bad_request_is_refused_precisely(
     assert ok.model_name == "tiny_cnn" and len(ok.raw_output_contents) == 1
 
 
-def test_payload_over_the_limit(infer: grpc.UnaryUnaryMultiCallable) -> None:
+def test_payload_over_the_limit(infer: grpc.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
     # 80 MB of float32: over the default 64 MiB message limit.
     big = np.zeros((700, 3, 100, 100), dtype=np.float32)
     with pytest.raises(grpc.RpcError) as err:

@@ -303,7 +303,7 @@ def test_inflight_limit() -> None:
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = DispatcherSettings()  # type: ignore[call-arg]
+    settings = DispatcherSettings()
     assert (settings.dispatcher_port, settings.dispatcher_metrics_port) == (8001, 8002)
     assert settings.dispatcher_host == "0.0.0.0"
     assert settings.dispatcher_controller_address == "127.0.0.1:8100"
@@ -313,5 +313,5 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert "-" in settings.dispatcher_id
     monkeypatch.setenv("DEINFER_DISPATCHER_MAX_INFLIGHT", "7")
     monkeypatch.setenv("DEINFER_DISPATCHER_ID", "d-1")
-    settings = DispatcherSettings()  # type: ignore[call-arg]
+    settings = DispatcherSettings()
     assert (settings.dispatcher_max_inflight, settings.dispatcher_id) == (7, "d-1")

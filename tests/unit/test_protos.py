@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from google.protobuf.descriptor import Descriptor, FileDescriptor
@@ -15,7 +16,7 @@ from deinfer.protos.inference import grpc_service_pb2, model_config_pb2
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_generator():  # type: ignore[no-untyped-def]
+def _load_generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("generate", ROOT / "protos" / "generate.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

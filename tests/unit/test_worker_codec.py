@@ -242,10 +242,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEINFER_WORKER_PORT", "9300")
     monkeypatch.setenv("DEINFER_WORKER_CPU_THREADS", "3")
     monkeypatch.setenv("DEINFER_WORKER_ID", "w-7")
-    settings = WorkerSettings()  # type: ignore[call-arg]
+    settings = WorkerSettings()
     assert settings.worker_port == 9300 and settings.worker_cpu_threads == 3
     assert settings.worker_id == "w-7"
     assert settings.worker_advertise_address == "127.0.0.1:9300"
     assert settings.bind_address == "0.0.0.0:9300"
     monkeypatch.setenv("DEINFER_WORKER_ADVERTISE_ADDRESS", "worker-3:9300")
-    assert WorkerSettings().worker_advertise_address == "worker-3:9300"  # type: ignore[call-arg]
+    assert WorkerSettings().worker_advertise_address == "worker-3:9300"
