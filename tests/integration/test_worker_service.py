@@ -114,12 +114,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
+def wait_until(condition: Any, timeout: float, what: str, poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 class Worker:
@@ -253,6 +253,7 @@ def worker_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model("tiny_cnn", repo)
     save_model("tiny_bert", repo)
     onnx.save(slow_model(), str(repo / "slow.onnx"))
+    onnx.save(slow_model(1000), str(repo / "slower.onnx"))
     (repo / "garbage.onnx").write_bytes(b"this is not an onnx model")
     return repo
 
@@ -564,15 +565,30 @@ def test_sigterm_finishes_queued_work_then_leaves(
 ) -> None:
     w = Worker(worker_redis, worker_repo, tmp_path / "worker.log")
     try:
-        w.load("s", SLOW, max_batch_size=1, queue_capacity=8)
+        # ~50 ms a request here, so the burst of 8 is queued well before the first is served.
+        slower = common_pb2.ModelSpec()
+        slower.CopyFrom(SLOW)
+        slower.artifact_path = "slower.onnx"
+        w.load("s", slower, max_batch_size=1, queue_capacity=8)
         pids = w.instance_pids() | children(w.proc.pid)
         client = redis.Redis.from_url(worker_redis)
         key = f"deinfer:worker:{w.worker_id}"
         assert client.exists(key)
-        queued = [w.infer_async("s", slow_input()) for _ in range(6)]
-        time.sleep(0.02)
+        queued = [w.infer_async("s", slow_input()) for _ in range(8)]
+
+        def queue_length() -> int:
+            state = w.state("s")
+            return state.queue_length if state else 0
+
+        def draining() -> bool:
+            raw = client.get(key)
+            return raw is not None and common_pb2.WorkerInfo.FromString(raw).draining  # type: ignore[arg-type]
+
+        # Signal once all 8 are admitted (one running, 7 queued), and ask again once the worker
+        # says it is draining (its heartbeat is written at once on that change).
+        wait_until(lambda: queue_length() >= 7, 5, "all 8 admitted", poll=0.002)
         w.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.02)
+        wait_until(draining, 5, "the draining heartbeat", poll=0.002)
         code, details = code_and_details(w.infer_async("s", slow_input()))
         assert code == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in details or "draining" in details, details
