@@ -21,7 +21,7 @@ SERVICE_NAME = predictor_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
 
 def prepare(settings: PredictorSettings) -> PredictorCore:
     """Restore the newest verified artifact, else train on the configured data (if any)."""
-    core = PredictorCore(Path(settings.predictor_artifacts))
+    core = PredictorCore(Path(settings.predictor_artifacts), settings.predictor_train_threads)
     try:
         meta = core.restore()
     except (ArtifactError, OSError, ValueError) as exc:

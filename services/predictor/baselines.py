@@ -71,7 +71,7 @@ class _DeinferTableForest(Backend):
 
     def fit(self, samples: Samples) -> None:
         matrix = self._matrix(samples.queries)
-        self._forest = RandomForestRegressor(n_estimators=100, n_jobs=2, random_state=0)
+        self._forest = RandomForestRegressor(n_estimators=100, random_state=0)
         self._forest.fit(matrix, samples.target)
 
     def predict(self, queries: Queries) -> FloatArray:

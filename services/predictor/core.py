@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.predictor import artifacts, datasets
 from services.predictor.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
+from services.predictor.backends.base import TRAIN_THREADS, fitting_threads
 from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, ProfileBook, Query, validate
@@ -33,8 +34,9 @@ class Trained:
 
 
 class PredictorCore:
-    def __init__(self, artifact_dir: Path) -> None:
+    def __init__(self, artifact_dir: Path, train_threads: int = TRAIN_THREADS) -> None:
         self.artifact_dir = artifact_dir
+        self.train_threads = train_threads
         self._trained: Trained | None = None
         self._lock = threading.Lock()
 
@@ -49,8 +51,9 @@ class PredictorCore:
             raise InvalidQuery(f"unknown backend {name!r}; one of {', '.join(BACKENDS)}")
         samples = datasets.load(dataset, data_dir)
         model = make_backend(name)
-        model.fit(samples)
-        fit = score(samples.target, model.predict(samples.queries))
+        with fitting_threads(self.train_threads):
+            model.fit(samples)
+            fit = score(samples.target, model.predict(samples.queries))
         metrics = {f"train_{k}": float(v) for k, v in fit.as_dict().items()}
         metrics.update(model.describe())  # e.g. graph: which graphs it encoded
         meta = artifacts.save(

@@ -9,6 +9,7 @@ import numpy as np
 
 from services.predictor import datasets
 from services.predictor.backends import DEFAULT_BACKEND, make_backend
+from services.predictor.backends.base import fitting_threads
 from services.predictor.datasets.base import DatasetError
 from services.predictor.metrics import Scores, score
 
@@ -41,7 +42,8 @@ def evaluate(
     # Profile files missing from --test (solo tables, coefficients) come from --train.
     test = datasets.load(dataset, test_dir, train.queries.profiles)
     model = make_backend(name)
-    model.fit(train)
+    with fitting_threads():
+        model.fit(train)
     # Only the queries go in: the measured targets stay here for scoring.
     predicted = model.predict(test.queries)
     if not np.all(np.isfinite(predicted)):

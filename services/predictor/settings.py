@@ -21,3 +21,6 @@ class PredictorSettings(CommonSettings):
     )
     predictor_data_dir: str = Field(default="", description="folder of predictor_dataset")
     predictor_backend: str = Field(default="", description="backend (empty: data set default)")
+    predictor_train_threads: int = Field(
+        default=2, ge=1, le=256, description="threads for fitting tree ensembles (Train)"
+    )

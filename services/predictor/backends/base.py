@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
+from joblib import parallel_config  # type: ignore[import-untyped]  # scikit-learn's own
 
 from services.predictor import features
 from services.predictor.datasets.base import (
@@ -24,6 +26,16 @@ from services.predictor.rapp_anchor_imputation import FittedLaw
 
 class NotFittedError(RuntimeError):
     pass
+
+
+# Threads for the tree ensembles while fitting (fits take seconds; prediction stays serial).
+TRAIN_THREADS = 2
+
+
+def fitting_threads(threads: int = TRAIN_THREADS) -> AbstractContextManager[object]:
+    """Inside the block, scikit-learn ensembles built without n_jobs use `threads` threads.
+    joblib keeps this per thread, so predictions served by other threads stay serial."""
+    return parallel_config(n_jobs=threads)  # type: ignore[no-any-return]
 
 
 class Backend(ABC):

@@ -21,6 +21,10 @@ from services.predictor.datasets.base import (
 )
 from services.predictor.features import DEINFER_CONFIGURATION
 
+# No n_jobs on the forests: callers pick threads for fitting (base.fitting_threads), and
+# predicting stays serial. Per-call thread start-up made one DeInfer query take ~130 ms
+# instead of ~30 ms (bench/predictor_latency.py).
+
 
 def make_forest(dataset: str) -> Regressor:
     """Chosen by grouped cross-validation on the public data (see docs/benchmarks.md):
@@ -31,7 +35,7 @@ def make_forest(dataset: str) -> Regressor:
             max_iter=150, learning_rate=0.1, min_samples_leaf=40, random_state=0
         )
     return ExtraTreesRegressor(
-        n_estimators=200, min_samples_leaf=3, max_features=0.7, n_jobs=2, random_state=0
+        n_estimators=200, min_samples_leaf=3, max_features=0.7, random_state=0
     )
 
 
@@ -52,7 +56,7 @@ def make_amplitude_model() -> Regressor:
     """Pair level: one row per training pair (~40), so many fully grown trees on the
     residuals of a strongly regularised trend (columns: AMPLITUDE_TREND, then the rest)."""
     trees = ExtraTreesRegressor(
-        n_estimators=300, min_samples_leaf=1, max_features=0.5, n_jobs=2, random_state=0
+        n_estimators=300, min_samples_leaf=1, max_features=0.5, random_state=0
     )
     return ResidualRegressor(len(AMPLITUDE_TREND), trees, alpha=10.0)
 
@@ -63,7 +67,7 @@ BLEND_WEIGHTS = (0.2, 0.8)
 
 def make_shape_trees() -> Regressor:
     return ExtraTreesRegressor(
-        n_estimators=100, min_samples_leaf=3, max_features=0.7, n_jobs=2, random_state=0
+        n_estimators=100, min_samples_leaf=3, max_features=0.7, random_state=0
     )
 
 
