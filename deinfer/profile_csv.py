@@ -19,7 +19,7 @@ from deinfer.protos.v1 import profiler_pb2
 COLUMNS: list[tuple[str, str]] = [
     ("experiment_id", "one solo profile or one co-location run (its rows share the id)"),
     ("kind", "solo | colocation"),
-    ("device_type", "cpu, or the GPU type (e.g. nvidia-h100)"),
+    ("device_type", "cpu; cuda for a GPU worker; else the worker's device name"),
     ("device_name", "CPU model / GPU name"),
     ("device_threads", "CPU threads that share 1.0 maps to (0 on GPUs)"),
     ("model", "model name"),

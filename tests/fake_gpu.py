@@ -5,8 +5,9 @@ treats it as a GPU device (MPS environment per process), and the executor report
 its process was started with. Every output row is
 [MPS thread percentage, MPS memory limit in MB, process id, 0, ...], so a test can tell
 from any answer which process, with which share, served it. `FAKE_GPU_BATCH_S` (inherited
-from the test's environment) makes each batch take that long; `FAKE_GPU_DIE_AT_PERCENT`
-makes a process started with that percentage exit at its first batch.
+from the test's environment) makes each batch take that long, or that long x 100 / the MPS
+percentage with `FAKE_GPU_SHARE_SCALED=1` (a GPU-bound model: half the SMs, twice the time);
+`FAKE_GPU_DIE_AT_PERCENT` makes a process started with that percentage exit at its first batch.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ class EnvRecordingExecutor(Executor):
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         assert self.model is not None
-        time.sleep(float(os.environ.get("FAKE_GPU_BATCH_S", "0")))
+        seconds = float(os.environ.get("FAKE_GPU_BATCH_S", "0"))
+        if os.environ.get("FAKE_GPU_SHARE_SCALED") == "1" and self.row[0] > 0:
+            seconds *= 100.0 / self.row[0]
+        time.sleep(seconds)
         if os.environ.get("FAKE_GPU_DIE_AT_PERCENT") == str(int(self.row[0])):
             os._exit(3)  # a device fault in this process only
         rows = next(iter(inputs.values())).shape[0]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deinfer.protos.v1 import common_pb2, profiler_pb2
+from services.common.device_types import device_type as profile_key
 from services.common.store import Store
 from services.controller.planning.predictor import ProfilePredictor
 from services.controller.planning.profiles import ProfileSet, SoloProfile
@@ -40,8 +41,9 @@ UNLIMITED_MB = 1e12  # CPU workers report no memory limit
 
 
 def device_type(worker: common_pb2.WorkerInfo) -> str:
-    """`cpu`, `cuda:0` -> `cuda`, `sim:v100` -> `sim:v100`: the profile key of a device."""
-    return "cuda" if worker.device.startswith("cuda") else (worker.device or "cpu")
+    """`cpu`; `cuda:0`, `tensorrt:1` -> `cuda`; `sim:v100` -> `sim:v100`: the key the
+    profiler stores this worker's profiles under."""
+    return profile_key(worker.device)
 
 
 def solo_profile(profile: profiler_pb2.ModelProfile) -> SoloProfile | None:

@@ -10,6 +10,7 @@ from deinfer.protos.v1 import profiler_pb2, profiler_pb2_grpc
 from services.common.grpc_runtime import GrpcService
 from services.common.logs import configure_logging
 from services.common.store import Store
+from services.profiler.devices import GpuOptions
 from services.profiler.profiling import Profiler
 from services.profiler.requests import Limits, parse_list
 from services.profiler.servicer import ProfilerServicer
@@ -37,6 +38,7 @@ def build_profiler(settings: ProfilerSettings, store: Store) -> Profiler:
         job_timeout_s=settings.profiler_job_timeout_s,
         export_dir=export,
         counter_mode=settings.profiler_hw_counters,
+        gpu=GpuOptions(Path(settings.profiler_mps_pipe_directory), settings.profiler_fp16),
     )
 
 

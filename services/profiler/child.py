@@ -1,7 +1,9 @@
 """The measuring process: `python -m services.profiler.child`, one per share or member.
 
-It pins itself to its cores, opens the model with ONNX Runtime at its thread count, and
-times `session.run` on synthetic inputs. JSON lines in both directions:
+It pins itself to its cores and opens the model: on the CPU with ONNX Runtime at its
+thread count; on a GPU device with the worker's executor for that device, after setting the
+MPS environment of its share (services/profiler/devices.py). Then it times runs on synthetic
+inputs. JSON lines in both directions:
 
 stdin:  one job (`Job` fields), then for `mode` "colocated" the lines "go", "from T", "stop".
         A solo job may come as `--job JSON` instead (a run under Nsight Compute, no stdin).
@@ -18,12 +20,14 @@ stdout: {"event": "loaded"}; then
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -44,6 +48,13 @@ class Job:
     warmup: int
     sequence_length: int
     mode: str  # "solo" or "colocated"
+    # GPU devices: the worker device name, the share, the MPS environment to set before the
+    # executor loads, and the ModelSpec (serialised, base64) the executor loads against.
+    device: str = "cpu"
+    share: float = 1.0
+    env: dict[str, str] = field(default_factory=dict)
+    model_spec: str = ""
+    fp16: bool = False
 
 
 def synthetic_inputs(job: Job, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -75,6 +86,36 @@ def open_session(job: Job) -> Any:
     # As the worker: no spinning, so co-located processes do not burn each other's cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(job.model_path, options, providers=["CPUExecutionProvider"])
+
+
+class ExecutorSession:
+    """The worker's executor for a GPU device, run as `session.run(None, inputs)` is."""
+
+    def __init__(self, job: Job) -> None:
+        from deinfer.protos.v1 import common_pb2
+        from services.worker.executor import ExecutorOptions, create_executor
+
+        spec = common_pb2.ModelSpec.FromString(base64.b64decode(job.model_spec))
+        largest = max(job.batches) if job.batching else 0
+        options = ExecutorOptions(max_batch_size=largest, fp16=job.fp16)
+        self.executor = create_executor(job.device, job.threads, options)
+        self.executor.load(Path(job.model_path), spec, job.share)
+        self.outputs = [t.name for t in spec.outputs]
+
+    def run(self, _output_names: None, inputs: dict[str, np.ndarray]) -> object:
+        return self.executor.run(inputs, self.outputs)
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def open_job(job: Job) -> Any:
+    """The session a job times: ONNX Runtime on the CPU, else the device's executor."""
+    os.sched_setaffinity(0, job.cores)
+    if job.device == "cpu":
+        return open_session(job)
+    os.environ.update(job.env)  # the MPS share: read once, when CUDA initialises
+    return ExecutorSession(job)
 
 
 def _say(out: TextIO, **event: object) -> None:
@@ -140,15 +181,18 @@ def main(argv: list[str]) -> int:
     try:
         given = argv[1] if len(argv) == 2 and argv[0] == "--job" else sys.stdin.readline()
         job = Job(**json.loads(given))
-        os.sched_setaffinity(0, job.cores)
-        session = open_session(job)
-        _say(out, event="loaded")
-        if job.mode == "solo":
-            run_solo(job, session, out)
-        elif job.mode == "colocated":
-            run_colocated(job, session, sys.stdin, out)
-        else:
-            raise ValueError(f"unknown mode {job.mode!r}")
+        session = open_job(job)
+        try:
+            _say(out, event="loaded")
+            if job.mode == "solo":
+                run_solo(job, session, out)
+            elif job.mode == "colocated":
+                run_colocated(job, session, sys.stdin, out)
+            else:
+                raise ValueError(f"unknown mode {job.mode!r}")
+        finally:
+            if isinstance(session, ExecutorSession):
+                session.close()  # device buffers and engine, before the interpreter exits
     except Exception as exc:  # anything: the parent turns it into a clear status
         _say(out, event="error", message=f"{type(exc).__name__}: {exc}")
         return 1

@@ -3,22 +3,22 @@
 Measuring happens in child processes on this host (services/profiler/child.py), not by
 sending requests to a worker: a served request also pays for gRPC, queueing and batching,
 and would compete with live traffic, while the planner needs the executor's own batch time
-at a controlled share. A child runs the same ONNX Runtime session options as the worker's
-executor, pinned to its share of the cores, so the numbers are what an instance gets.
-One job runs at a time: two jobs would measure each other.
+at a controlled share. A child runs what the worker's executor runs at that share (ONNX
+Runtime pinned to its share of the cores, or the GPU executor at its MPS share: devices.py),
+so the numbers are what an instance gets. One job runs at a time: two jobs would measure
+each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
-import platform
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from deinfer import profile_csv
@@ -27,6 +27,7 @@ from services.common.onnx_graph import GraphFeatures, graph_features
 from services.common.store import Store
 from services.profiler import hw_counters
 from services.profiler.child import Job
+from services.profiler.devices import Device, GpuOptions, cpu_device, worker_device
 from services.profiler.errors import (
     deadline_exceeded,
     failed_precondition,
@@ -40,31 +41,12 @@ from services.profiler.requests import (
     check_colocation_request,
     check_model_request,
 )
-from services.profiler.shares import assign_cores, threads_for_share
 from services.profiler.stats import overlap_window, runs_inside, slowdown, summarize
+from services.worker.mps import DEFAULT_PIPE_DIRECTORY
 
 log = logging.getLogger(__name__)
 
-CPU = "cpu"
 EXPORT_FILE = "profiles.csv"
-
-
-@dataclass(frozen=True)
-class Device:
-    device_type: str
-    device_name: str
-    threads: int  # what share 1.0 maps to
-    cores: list[int]  # cores the children may be pinned to
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def to_static(features: GraphFeatures) -> profiler_pb2.StaticFeatures:
@@ -127,6 +109,7 @@ class Profiler:
         job_timeout_s: float,
         export_dir: Path | None = None,
         counter_mode: str = hw_counters.AUTO,
+        gpu: GpuOptions | None = None,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -135,6 +118,7 @@ class Profiler:
         self.job_timeout_s = job_timeout_s
         self.export_dir = export_dir
         self.counter_mode = counter_mode
+        self.gpu = gpu or GpuOptions(Path(DEFAULT_PIPE_DIRECTORY))
         self._lock = asyncio.Lock()
         self._features: dict[tuple[str, int], GraphFeatures] = {}
 
@@ -143,18 +127,13 @@ class Profiler:
     async def device(self, worker_id: str) -> Device:
         cores = sorted(await asyncio.to_thread(_affinity))
         if not worker_id:
-            return Device(CPU, cpu_name(), self.default_threads, cores)
+            return cpu_device(self.default_threads, cores)
         worker = next(
             (w for w in await self.store.list_workers() if w.worker_id == worker_id), None
         )
         if worker is None:
             raise not_found(f"no live worker named {worker_id!r}")
-        if worker.device != CPU:
-            raise failed_precondition(
-                f"worker {worker_id!r} runs device {worker.device!r}; this profiler measures "
-                "CPU devices only (run a profiler on that worker's host for its GPU)"
-            )
-        return Device(CPU, cpu_name(), worker.cpu_threads or self.default_threads, cores)
+        return worker_device(worker, self.default_threads, cores, self.gpu)
 
     async def model(self, name: str, version: str) -> tuple[common_pb2.ModelSpec, Path]:
         spec = await self.store.get_model(name, version)
@@ -181,9 +160,10 @@ class Profiler:
 
     def _job(
         self,
+        device: Device,
         spec: common_pb2.ModelSpec,
         path: Path,
-        threads: int,
+        share: float,
         cores: list[int],
         batches: list[int],
         runs: int,
@@ -195,13 +175,18 @@ class Profiler:
             model_path=str(path),
             inputs=[(t.name, t.datatype, list(t.shape)) for t in spec.inputs],
             batching=spec.max_batch_size > 0,
-            threads=threads,
+            threads=device.threads_for(share),
             cores=cores,
             batches=batches,
             runs=runs,
             warmup=warmup,
             sequence_length=sequence_length,
             mode=mode,
+            device=device.executor,
+            share=share,
+            env=device.environment(share),
+            model_spec=base64.b64encode(spec.SerializeToString()).decode() if device.is_gpu else "",
+            fp16=device.gpu.fp16 if device.gpu is not None else False,
         )
 
     async def _export(self, device_type: str, rows: list[profile_csv.Row]) -> None:
@@ -226,6 +211,7 @@ class Profiler:
                 f"only batch size 1 can be profiled, got {plan.batches}"
             )
         device = await self.device(request.worker_id)
+        device.check_shares(plan.shares)
         ncu, no_counters = hw_counters.ncu_for(self.counter_mode, find_ncu())
         label = f"{spec.name}/{spec.version}"
         steps = len(plan.batches) * (len(plan.shares) + (ncu is not None)) + 1
@@ -237,7 +223,7 @@ class Profiler:
             acquired = True
             yield _progress(
                 0.0,
-                f"profiling {label} on {device.device_type} ({device.threads} threads): "
+                f"profiling {label} on {device.describe()}: "
                 f"batches {plan.batches} x shares {plan.shares}, {plan.runs} runs each",
             )
             if ncu is None:
@@ -251,13 +237,13 @@ class Profiler:
             )
             points: list[profiler_pb2.ProfilePoint] = []
             for share in plan.shares:
-                threads = threads_for_share(share, device.threads)
-                cores = assign_cores([threads], device.cores)[0]
+                threads = device.threads_for(share)
                 job = self._job(
+                    device,
                     spec,
                     path,
-                    threads,
-                    cores,
+                    share,
+                    device.cores_for([threads])[0],
                     plan.batches,
                     plan.runs,
                     plan.warmup,
@@ -272,7 +258,7 @@ class Profiler:
                         done += 1
                         yield _progress(
                             done / steps,
-                            f"batch {batch} share {share:g} ({threads} threads): "
+                            f"batch {batch} share {share:g} ({device.share_means(share)}): "
                             f"mean {measured.mean_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms",
                             point=measured,
                         )
@@ -280,10 +266,18 @@ class Profiler:
             if ncu is not None:
                 # One share is enough for counters of the batch: the plan's largest.
                 share = max(plan.shares)
-                threads = threads_for_share(share, device.threads)
-                cores = assign_cores([threads], device.cores)[0]
+                cores = device.cores_for([device.threads_for(share)])[0]
                 job = self._job(
-                    spec, path, threads, cores, plan.batches, 1, 0, plan.sequence_length, "solo"
+                    device,
+                    spec,
+                    path,
+                    share,
+                    cores,
+                    plan.batches,
+                    1,
+                    0,
+                    plan.sequence_length,
+                    "solo",
                 )
                 for batch in plan.batches:
                     try:
@@ -356,15 +350,17 @@ class Profiler:
                     f"got {member.batch}"
                 )
         device = await self.device(request.worker_id)
-        threads = [threads_for_share(m.share, device.threads) for m in members]
-        cores = assign_cores(threads, device.cores)
+        device.check_shares([m.share for m in members])
+        threads = [device.threads_for(m.share) for m in members]
+        cores = device.cores_for(threads)
         labels = [f"{spec.name}/{spec.version}" for spec, _ in specs]
         jobs = {
             mode: [
                 self._job(
+                    device,
                     spec,
                     path,
-                    threads[i],
+                    members[i].share,
                     cores[i],
                     [members[i].batch],
                     runs,
@@ -378,7 +374,7 @@ class Profiler:
         }
         steps = len(members) + 2
         title = " + ".join(
-            f"{label} (batch {m.batch}, share {m.share:g}, cores {c})"
+            f"{label} (batch {m.batch}, share {m.share:g}, {device.share_means(m.share, c)})"
             for label, m, c in zip(labels, members, cores, strict=True)
         )
         acquired = False

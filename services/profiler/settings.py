@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.settings import CommonSettings
+from services.worker.mps import pipe_directory
 
 
 def _available_cpus() -> int:
@@ -42,6 +43,15 @@ class ProfilerSettings(CommonSettings):
         default="auto",
         description="Nsight Compute counters in ProfileModel: when ncu is on PATH / never / "
         "always (refuse without ncu)",
+    )
+
+    profiler_mps_pipe_directory: str = Field(
+        default_factory=lambda: str(pipe_directory(os.environ)),
+        description="GPU workers: the MPS control daemon's pipe directory, as the worker's "
+        "(default: $CUDA_MPS_PIPE_DIRECTORY or /tmp/nvidia-mps)",
+    )
+    profiler_fp16: bool = Field(
+        default=False, description="GPU workers: FP16 TensorRT engines, as DEINFER_WORKER_FP16"
     )
 
     @property

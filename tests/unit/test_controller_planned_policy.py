@@ -72,6 +72,10 @@ def test_profiles_become_solo_tables() -> None:
     assert solo_profile(profiler_pb2.ModelProfile(model="x")) is None
     assert device_type(WORKERS[0]) == "cpu"
     assert device_type(common_pb2.WorkerInfo(device="cuda:1")) == "cuda"
+    assert device_type(common_pb2.WorkerInfo(device="tensorrt:0")) == "cuda"
+    assert device_type(common_pb2.WorkerInfo(device="tensorrt")) == "cuda"
+    assert device_type(common_pb2.WorkerInfo(device="sim:v100")) == "sim:v100"
+    assert device_type(common_pb2.WorkerInfo(device="")) == "cpu"
 
 
 def test_profiled_models_are_planned_and_the_rest_placed_first_fit() -> None:
