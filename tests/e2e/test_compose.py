@@ -166,6 +166,13 @@ def test_gpu_compose_file_is_valid(pytestconfig: pytest.Config) -> None:
         assert worker["ipc"] == "service:mps"
         assert any(v["target"] == "/tmp/nvidia-mps" for v in worker["volumes"])
         assert worker["depends_on"]["mps"]["condition"] == "service_healthy"
+    # The profiler runs GPU workers' executors at MPS shares: every GPU, an MPS client.
+    profiler = services["profiler"]
+    (device,) = profiler["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] in ("all", -1)  # -1: all
+    assert profiler["ipc"] == "service:mps"
+    assert any(v["target"] == "/tmp/nvidia-mps" for v in profiler["volumes"])
+    assert profiler["command"] == ["python", "-m", "services.profiler"]
     assert services["mps"]["ipc"] == "shareable"
     assert services["mps"]["command"][0] == "nvidia-cuda-mps-control"
     assert "--appendonly" in services["redis"]["command"]
