@@ -75,11 +75,33 @@ def test_no_interference_baseline_is_the_solo_profile(samples: datasets.Samples)
 
 
 def test_missing_and_malformed_folders(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"colocation\.csv not found"):
+    with pytest.raises(DatasetError, match=r"neither colocation\.csv nor the profiler's"):
         datasets.load(datasets.CPU_PROFILES, tmp_path)
     (tmp_path / "colocation.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DatasetError, match="profile schema"):
         datasets.load(datasets.CPU_PROFILES, tmp_path)
+
+
+def test_the_profilers_export_file_reads_as_the_split_tables(
+    tmp_path: Path, samples: datasets.Samples
+) -> None:
+    """`profiles.csv` as the profiler service appends it (both kinds, one header) loads the
+    same samples as solo.csv + colocation.csv; a table of the wrong kind is refused."""
+    header, *solo = (DATA / "solo.csv").read_text().splitlines(keepends=True)
+    colocation = (DATA / "colocation.csv").read_text().splitlines(keepends=True)[1:]
+    export = tmp_path / "cuda"
+    export.mkdir()
+    (export / "profiles.csv").write_text(header + "".join(colocation[:7] + solo + colocation[7:]))
+    exported = datasets.load(datasets.CPU_PROFILES, export)
+    assert np.array_equal(exported.target, samples.target)
+    assert list(exported.queries.model) == list(samples.queries.model)
+    for name, column in samples.queries.columns.items():
+        np.testing.assert_array_equal(exported.queries.columns[name], column, err_msg=name)
+    core = PredictorCore(tmp_path / "artifacts")
+    assert core.train(datasets.CPU_PROFILES, export).backend == "forest"
+    (export / "solo.csv").write_text(header + colocation[0])
+    with pytest.raises(DatasetError, match=r"a 'colocation' row in the solo table"):
+        datasets.load(datasets.CPU_PROFILES, export)
 
 
 def test_cli_evaluate_held_out_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

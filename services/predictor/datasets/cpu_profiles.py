@@ -1,4 +1,6 @@
-"""DeInfer's own profiles (a folder of `solo.csv` and `colocation.csv`, deinfer/profile_csv.py).
+"""DeInfer's own profiles (deinfer/profile_csv.py): a folder of `solo.csv` and
+`colocation.csv`, or the profiler's export `profiles.csv` (both kinds of row in one file, as
+`DEINFER_PROFILER_EXPORT_DIR/<device_type>/` holds it, for any device).
 
 Target: a co-located member's median latency (`p50_ms`, steadier than the mean on a loaded
 host; data/cpu-profiles/README.md), in ms. Known per row, from the solo table only (never the
@@ -27,6 +29,7 @@ from services.predictor.datasets.base import (
 
 SOLO = "solo.csv"
 COLOCATION = "colocation.csv"
+EXPORT = "profiles.csv"  # the profiler service's export: solo and co-location rows together
 STATIC = ("flops", "macs", "params", "bytes_moved", "depth")
 CORUNNER_SEPARATOR = ";"
 
@@ -61,18 +64,33 @@ def _static(row: dict[str, str], path: Path) -> dict[str, float]:
     return {name: _float(row, name, path) for name in STATIC}
 
 
+def _table(folder: Path, kind: str) -> tuple[Path, list[dict[str, str]]] | None:
+    """The rows of one kind (`solo` or `colocation`) and the file they came from: its own
+    file, else the export's rows of that kind; None when the folder has neither."""
+    own = folder / (SOLO if kind == "solo" else COLOCATION)
+    if own.exists():
+        rows = _read(own)
+        for row in rows:
+            if row["kind"] != kind:
+                raise DatasetError(f"{own}: a {row['kind']!r} row in the {kind} table")
+        return own, rows
+    export = folder / EXPORT
+    if export.exists():
+        return export, [row for row in _read(export) if row["kind"] == kind]
+    return None
+
+
 def load_profiles(folder: Path, fallback: object = None) -> CpuProfiles:
     """The folder's solo table (when present) over `fallback`'s."""
     base = fallback if isinstance(fallback, CpuProfiles) else CpuProfiles({}, {}, 0)
-    path = folder / SOLO
-    if not path.exists():
+    table = _table(folder, "solo")
+    if table is None:
         return base
+    path, solo_rows = table
     points: dict[SoloKey, list[float]] = defaultdict(list)
     static = dict(base.static)
     threads = base.device_threads
-    for row in _read(path):
-        if row["kind"] != "solo":
-            raise DatasetError(f"{path}: a {row['kind']!r} row in the solo table")
+    for row in solo_rows:
         key = (row["model"], int(_float(row, "batch", path)), _float(row, "share", path))
         points[key].append(_float(row, "p50_ms", path))
         static[row["model"]] = _static(row, path)
@@ -149,13 +167,13 @@ def _members(row: dict[str, str], path: Path) -> list[Member]:
 
 
 def load(folder: Path, fallback: object = None) -> Samples:
-    path = folder / COLOCATION
-    if not path.exists():
-        raise DatasetError(f"{folder}: {COLOCATION} not found")
+    table = _table(folder, "colocation")
+    if table is None:
+        raise DatasetError(f"{folder}: neither {COLOCATION} nor the profiler's {EXPORT} found")
+    path, rows = table
     profiles = load_profiles(folder, fallback)
-    rows = _read(path)
     if not rows:
-        raise DatasetError(f"{path}: no rows")
+        raise DatasetError(f"{path}: no co-location rows")
     # Static features of models seen only as co-location members (no solo rows here).
     static = dict(profiles.static)
     for row in rows:
