@@ -58,7 +58,11 @@ def random_rows(samples: Samples, folds: int = 5, seed: int = 0) -> Iterator[Fol
 
 
 def _grouped(groups: StrArray, folds: int) -> Iterator[Fold]:
+    """Up to `folds` folds of whole groups; none with fewer than two groups (a single
+    profiled pair cannot be split, and its inner calibration then has nothing to hold out)."""
     unique = np.unique(groups)
+    if len(unique) < 2:
+        return
     splitter = GroupKFold(n_splits=min(folds, len(unique)))
     for train, test in splitter.split(np.zeros(len(groups)), groups=groups):
         yield train.astype(np.intp), test.astype(np.intp)

@@ -18,6 +18,9 @@ import pytest
 
 from deinfer.protos.v1 import common_pb2, profiler_pb2
 from services.common.store import Store
+from services.predictor.core import PredictorCore
+from services.predictor.datasets.base import CPU_PROFILES
+from services.predictor.placements import Placement, Query
 from services.worker.mps import CONTROL_PIPE
 from tests.integration.test_profiler_service import Profiler, running_profiler
 
@@ -172,3 +175,32 @@ def test_a_device_no_executor_drives_is_refused(
         _progress_of(gpu_profiler, channel, request)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "'sim:v100'" in str(err.value.details())
+
+
+def test_gpu_profiles_export_train_the_predictor(
+    gpu_profiler: Profiler, channel: grpc.Channel, tmp_path: Path
+) -> None:
+    """Profile, co-locate, then train the predictor on the export folder the profiler wrote
+    for this device and ask it about the pair: the whole GPU pipeline, no file handling."""
+    shares = [0.25, 0.75]
+    _progress_of(
+        gpu_profiler,
+        channel,
+        profiler_pb2.ProfileModelRequest(
+            model="tiny_cnn", worker_id="gpu-1", batch_sizes=[1], shares=shares, runs=3
+        ),
+    )
+    for first in shares:
+        members = [
+            profiler_pb2.ColocationMember(model="tiny_cnn", batch=1, share=first),
+            profiler_pb2.ColocationMember(model="tiny_cnn", batch=1, share=1.0 - first),
+        ]
+        request = profiler_pb2.ProfileColocationRequest(worker_id="gpu-1", runs=3, members=members)
+        _progress_of(gpu_profiler, channel, request)
+    core = PredictorCore(tmp_path / "artifacts")
+    core.train(CPU_PROFILES, gpu_profiler.export_dir / FAKE_GPU)
+    pair = Query(Placement("tiny_cnn", 1, 0.25), (Placement("tiny_cnn", 1, 0.75),))
+    (answer,) = core.predict([pair])
+    # Solo at MPS 25 %: 4 fake batches; the fake shares nothing, so together ~ alone.
+    assert 3.5 < answer.solo_latency_ms / (1000 * BATCH_S) < 5.5
+    assert 0.7 < answer.latency_ms / answer.solo_latency_ms < 1.5

@@ -16,7 +16,7 @@ from services.predictor.backends import make_backend
 from services.predictor.baselines import BASELINES
 from services.predictor.core import PredictorCore
 from services.predictor.datasets.base import DatasetError
-from services.predictor.datasets.cpu_profiles import CpuProfiles
+from services.predictor.datasets.cpu_profiles import CpuProfiles, threads_for
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, Placement, Query, UnknownModel
 
@@ -144,3 +144,20 @@ def test_service_core_answers_pairs_triples_and_solo(tmp_path: Path) -> None:
         core.predict([Query(Placement("vgg", 1, 0.5), pair.corunners)])
     with pytest.raises(InvalidQuery):
         core.predict([Query(Placement("resnet18", 1, 1.5), pair.corunners)])
+
+
+def test_threads_follow_the_share_on_cpus_only() -> None:
+    """A query's members get the threads their rows were profiled with: the share's threads
+    on a CPU, 0 on a GPU (profiles there record device_threads 0)."""
+    assert [threads_for(s, 4) for s in (0.1, 0.5, 1.0)] == [1.0, 2.0, 4.0]
+    assert threads_for(0.5, 0) == 0.0
+
+
+def test_a_single_profiled_pair_trains(samples: datasets.Samples) -> None:
+    """One pair cannot be split into grouped folds: no inner calibration, but a fit."""
+    keys = splits.pair_keys(samples)
+    one = samples.take(np.flatnonzero(keys == keys[0]).astype(np.intp))
+    assert len(one) > 1 and list(splits.held_out_pairs(one)) == []
+    backend = make_backend("forest")
+    backend.fit(one)
+    assert np.isfinite(backend.predict(one.queries)).all()

@@ -118,7 +118,10 @@ class Member:
 
 
 def threads_for(share: float, device_threads: int) -> float:
-    """The profiler's and worker's share -> intra-op threads rule (docs/profiling.md)."""
+    """The profiler's and worker's share -> intra-op threads rule (docs/profiling.md); 0 on a
+    GPU (device_threads 0), where the share is an MPS percentage and profiles record 0."""
+    if device_threads <= 0:
+        return 0.0
     return float(max(1, round(share * device_threads)))
 
 
