@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from services.predictor import artifacts, datasets
 from services.predictor.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
 from services.predictor.backends.base import TRAIN_THREADS, fitting_threads
 from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100
+from services.predictor.datasets.cpu_profiles import profiled_rows
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, ProfileBook, Query, validate
+
+log = logging.getLogger(__name__)
 
 
 class NotTrained(RuntimeError):
@@ -50,11 +54,20 @@ class PredictorCore:
         if name not in BACKENDS:
             raise InvalidQuery(f"unknown backend {name!r}; one of {', '.join(BACKENDS)}")
         samples = datasets.load(dataset, data_dir)
+        skipped = 0
+        if dataset == CPU_PROFILES:  # our own exports may hold runs of unprofiled members
+            samples, skipped = profiled_rows(samples)
         model = make_backend(name)
         with fitting_threads(self.train_threads):
             model.fit(samples)
             fit = score(samples.target, model.predict(samples.queries))
         metrics = {f"train_{k}": float(v) for k, v in fit.as_dict().items()}
+        if skipped:
+            log.warning(
+                "training without co-location rows that lack solo profiles",
+                extra={"skipped_rows": skipped, "data_dir": str(data_dir)},
+            )
+            metrics["skipped_rows_without_solo_profile"] = float(skipped)
         metrics.update(model.describe())  # e.g. graph: which graphs it encoded
         meta = artifacts.save(
             self.artifact_dir,

@@ -161,3 +161,19 @@ def test_a_single_profiled_pair_trains(samples: datasets.Samples) -> None:
     backend = make_backend("forest")
     backend.fit(one)
     assert np.isfinite(backend.predict(one.queries)).all()
+
+
+def test_rows_without_solo_profiles_are_left_out_of_training(tmp_path: Path) -> None:
+    """Runs whose members were never profiled alone cannot be learnt from (the slowdown is
+    relative to the solo latency): left out and counted, or refused when nothing is left."""
+    header, *solo = (DATA / "solo.csv").read_text().splitlines(keepends=True)
+    partial = tmp_path / "partial"
+    shutil.copytree(DATA, partial)
+    (partial / "solo.csv").write_text(header + "".join(r for r in solo if "tiny_bert" not in r))
+    colocation = (DATA / "colocation.csv").read_text().splitlines()[1:]
+    with_bert = sum("tiny_bert" in row for row in colocation)
+    meta = PredictorCore(tmp_path / "a").train(datasets.CPU_PROFILES, partial)
+    assert meta.metrics["skipped_rows_without_solo_profile"] == with_bert > 0
+    (partial / "solo.csv").unlink()
+    with pytest.raises(DatasetError, match="profile the models alone first"):
+        PredictorCore(tmp_path / "b").train(datasets.CPU_PROFILES, partial)

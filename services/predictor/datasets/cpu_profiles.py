@@ -211,3 +211,18 @@ def load(folder: Path, fallback: object = None) -> Samples:
         profiles,
     )
     return Samples(queries, np.asarray(target, dtype=np.float64))
+
+
+def profiled_rows(samples: Samples) -> tuple[Samples, int]:
+    """The rows a model can learn from: every member has a solo profile at its batch and
+    share (the slowdown is relative to it). Returns them and how many were left out;
+    DatasetError when none is left."""
+    q = samples.queries
+    known = np.isfinite(q.column("solo_ms")) & np.isfinite(q.column("co_solo_ms_sum"))
+    if not known.any():
+        raise DatasetError(
+            f"none of the {len(samples)} co-location rows has a solo profile of every member "
+            "at its batch and share: profile the models alone first (deinfer profile MODEL "
+            "--batches ... --shares ...)"
+        )
+    return samples.take(np.flatnonzero(known).astype(np.intp)), int((~known).sum())
