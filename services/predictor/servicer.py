@@ -79,6 +79,11 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
                 )
             except DatasetError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except ValueError as exc:  # data a fit cannot use (scikit-learn's checks)
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"cannot train {request.dataset} on {request.data_dir}: {exc}",
+                )
             except (OSError, ArtifactError) as exc:
                 await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return predictor_pb2.TrainResponse(model_version=meta.version, metrics=meta.metrics)
