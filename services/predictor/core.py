@@ -106,6 +106,8 @@ class PredictorCore:
         if not queries:
             return []
         book = trained.book
+        for query in queries:
+            book.check_device(query.device_type)
         dataset = trained.meta.dataset
         answers: list[Answer | None] = [None] * len(queries)
         modelled = []

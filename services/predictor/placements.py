@@ -45,10 +45,15 @@ class Placement:
 class Query:
     target: Placement
     corunners: tuple[Placement, ...] = ()
+    device_type: str = ""  # the profile key of the device asked about; empty: any
 
 
 class UnknownModel(LookupError):
     """No profile for this model (or this batch of it) in the training data."""
+
+
+class DeviceMismatch(LookupError):
+    """The query is about a device type the training data does not describe."""
 
 
 class InvalidQuery(ValueError):
@@ -93,6 +98,16 @@ class ProfileBook:
             self.models = set(self.profiles.solo)
         if isinstance(self.profiles, CpuProfiles):
             self.models = set(self.profiles.static)
+
+    def check_device(self, device_type: str) -> None:
+        """DeviceMismatch when the training rows name their device types and this is none of
+        them (the public data sets name none: each is one GPU's table)."""
+        known = self.profiles.device_types if isinstance(self.profiles, CpuProfiles) else None
+        if device_type and known and device_type not in known:
+            raise DeviceMismatch(
+                f"the trained predictor describes device type(s) {', '.join(sorted(known))}, "
+                f"not {device_type!r}: train it on that device's profiles"
+            )
 
     def _known(self, model: str) -> None:
         if model not in self.models:

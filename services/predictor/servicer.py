@@ -13,7 +13,13 @@ from services.predictor.artifacts import ArtifactError
 from services.predictor.backends import BACKENDS
 from services.predictor.core import NotTrained, PredictorCore
 from services.predictor.datasets.base import DATASETS, DatasetError
-from services.predictor.placements import InvalidQuery, Placement, Query, UnknownModel
+from services.predictor.placements import (
+    DeviceMismatch,
+    InvalidQuery,
+    Placement,
+    Query,
+    UnknownModel,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,7 +37,7 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         self, request: predictor_pb2.PredictRequest, context: Context
     ) -> predictor_pb2.PredictResponse:
         queries = [
-            Query(_placement(q.target), tuple(_placement(c) for c in q.corunners))
+            Query(_placement(q.target), tuple(_placement(c) for c in q.corunners), q.device_type)
             for q in request.queries
         ]
         try:
@@ -40,6 +46,8 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
             answers = await asyncio.to_thread(self.core.predict, queries, request.backend)
         except UnknownModel as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except DeviceMismatch as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except InvalidQuery as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotTrained as exc:

@@ -119,3 +119,51 @@ def test_bad_training_requests(stub: predictor_pb2_grpc.PredictorStub, tmp_path:
             stub.Train(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert text in (caught.value.details() or "")
+
+
+CPU_DATA = Path(__file__).resolve().parents[2] / "data" / "cpu-profiles"
+
+
+def test_own_profiles_answer_only_for_their_device(tmp_path: Path) -> None:
+    """Trained on our CPU profiles (rows say device_type cpu): a query for another device type
+    is refused with FAILED_PRECONDITION, one for cpu (or none) answered; a folder of runs
+    whose models were never profiled alone is refused with INVALID_ARGUMENT."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEINFER_PREDICTOR_HOST": "127.0.0.1",
+        "DEINFER_PREDICTOR_PORT": str(port),
+        "DEINFER_PREDICTOR_METRICS_PORT": "0",
+        "DEINFER_PREDICTOR_ARTIFACTS": str(tmp_path / "artifacts"),
+        "DEINFER_PREDICTOR_DATASET": "cpu-profiles",
+        "DEINFER_PREDICTOR_DATA_DIR": str(CPU_DATA),
+    }
+    child = spawn("predictor", [sys.executable, "-m", "services.predictor"], env, tmp_path / "log")
+    try:
+        wait_healthy(child, f"127.0.0.1:{port}", 60.0)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = predictor_pb2_grpc.PredictorStub(channel)  # type: ignore[no-untyped-call]
+            target = predictor_pb2.Placement(model="resnet18", batch=4, share=0.5)
+            other = predictor_pb2.Placement(model="mobilenet_v2", batch=4, share=0.5)
+            for device in ("", "cpu"):
+                query = predictor_pb2.PredictQuery(
+                    target=target, corunners=[other], device_type=device
+                )
+                answer = stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
+                assert answer.predictions[0].latency_ms > 0
+            query = predictor_pb2.PredictQuery(target=target, corunners=[other], device_type="cuda")
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "device type(s) cpu, not 'cuda'" in (caught.value.details() or "")
+            runs_only = tmp_path / "runs-only"
+            runs_only.mkdir()
+            shutil.copy(CPU_DATA / "colocation.csv", runs_only / "colocation.csv")
+            train = predictor_pb2.TrainRequest(dataset="cpu-profiles", data_dir=str(runs_only))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Train(train, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "profile the models alone first" in (caught.value.details() or "")
+            assert stub.Info(predictor_pb2.InfoRequest(), timeout=10).backend == "forest"
+    finally:
+        stop_group([child], 10.0)

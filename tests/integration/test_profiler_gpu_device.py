@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,7 @@ from deinfer.protos.v1 import common_pb2, profiler_pb2
 from services.common.store import Store
 from services.predictor.core import PredictorCore
 from services.predictor.datasets.base import CPU_PROFILES
-from services.predictor.placements import Placement, Query
+from services.predictor.placements import DeviceMismatch, Placement, Query
 from services.worker.mps import CONTROL_PIPE
 from tests.integration.test_profiler_service import Profiler, running_profiler
 
@@ -199,8 +200,10 @@ def test_gpu_profiles_export_train_the_predictor(
         _progress_of(gpu_profiler, channel, request)
     core = PredictorCore(tmp_path / "artifacts")
     core.train(CPU_PROFILES, gpu_profiler.export_dir / FAKE_GPU)
-    pair = Query(Placement("tiny_cnn", 1, 0.25), (Placement("tiny_cnn", 1, 0.75),))
+    pair = Query(Placement("tiny_cnn", 1, 0.25), (Placement("tiny_cnn", 1, 0.75),), FAKE_GPU)
     (answer,) = core.predict([pair])
+    with pytest.raises(DeviceMismatch, match="not 'cpu'"):
+        core.predict([replace(pair, device_type="cpu")])
     # Solo at MPS 25 %: 4 fake batches; the fake shares nothing, so together ~ alone.
     assert 3.5 < answer.solo_latency_ms / (1000 * BATCH_S) < 5.5
     assert 0.7 < answer.latency_ms / answer.solo_latency_ms < 1.5

@@ -44,6 +44,7 @@ class CpuProfiles:
     solo: dict[SoloKey, float]
     static: dict[str, dict[str, float]]
     device_threads: int
+    device_types: frozenset[str] = frozenset()  # the rows' device_type values
 
 
 def _float(row: dict[str, str], key: str, path: Path) -> float:
@@ -90,13 +91,15 @@ def load_profiles(folder: Path, fallback: object = None) -> CpuProfiles:
     points: dict[SoloKey, list[float]] = defaultdict(list)
     static = dict(base.static)
     threads = base.device_threads
+    devices = set(base.device_types)
     for row in solo_rows:
+        devices.add(row["device_type"])
         key = (row["model"], int(_float(row, "batch", path)), _float(row, "share", path))
         points[key].append(_float(row, "p50_ms", path))
         static[row["model"]] = _static(row, path)
         threads = int(_float(row, "device_threads", path))
     solo = {**base.solo, **{key: float(np.median(values)) for key, values in points.items()}}
-    return CpuProfiles(solo, static, threads)
+    return CpuProfiles(solo, static, threads, frozenset(devices))
 
 
 def _split(cell: str) -> list[str]:
@@ -181,7 +184,8 @@ def load(folder: Path, fallback: object = None) -> Samples:
     static = dict(profiles.static)
     for row in rows:
         static.setdefault(row["model"], _static(row, path))
-    profiles = CpuProfiles(profiles.solo, static, profiles.device_threads)
+    devices = profiles.device_types | {row["device_type"] for row in rows}
+    profiles = CpuProfiles(profiles.solo, static, profiles.device_threads, devices)
     models: list[str] = []
     corunners: list[str] = []
     values: dict[str, list[float]] = defaultdict(list)
