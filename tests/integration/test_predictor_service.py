@@ -3,6 +3,7 @@ data at start: the controller's gRPC client gets latencies, bad queries get exac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -26,10 +27,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("predictor")
-    shutil.copytree(DATA / "igniter-v100", tmp / "igniter")
+@contextlib.contextmanager
+def running_predictor(tmp: Path, dataset: str, data_dir: Path, backend: str = "") -> Iterator[str]:
+    """A predictor process that trains on `data_dir` at start; yields its address."""
     port = free_port()
     env = {
         **os.environ,
@@ -37,9 +37,9 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "DEINFER_PREDICTOR_PORT": str(port),
         "DEINFER_PREDICTOR_METRICS_PORT": "0",
         "DEINFER_PREDICTOR_ARTIFACTS": str(tmp / "artifacts"),
-        "DEINFER_PREDICTOR_DATASET": "igniter-v100",
-        "DEINFER_PREDICTOR_DATA_DIR": str(tmp / "igniter"),
-        "DEINFER_PREDICTOR_BACKEND": "analytical",
+        "DEINFER_PREDICTOR_DATASET": dataset,
+        "DEINFER_PREDICTOR_DATA_DIR": str(data_dir),
+        "DEINFER_PREDICTOR_BACKEND": backend,
     }
     child = spawn("predictor", [sys.executable, "-m", "services.predictor"], env, tmp / "log")
     try:
@@ -47,6 +47,14 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         stop_group([child], 10.0)
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("predictor")
+    shutil.copytree(DATA / "igniter-v100", tmp / "igniter")
+    with running_predictor(tmp, "igniter-v100", tmp / "igniter", "analytical") as address:
+        yield address
 
 
 @pytest.fixture
@@ -128,42 +136,28 @@ def test_own_profiles_answer_only_for_their_device(tmp_path: Path) -> None:
     """Trained on our CPU profiles (rows say device_type cpu): a query for another device type
     is refused with FAILED_PRECONDITION, one for cpu (or none) answered; a folder of runs
     whose models were never profiled alone is refused with INVALID_ARGUMENT."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DEINFER_PREDICTOR_HOST": "127.0.0.1",
-        "DEINFER_PREDICTOR_PORT": str(port),
-        "DEINFER_PREDICTOR_METRICS_PORT": "0",
-        "DEINFER_PREDICTOR_ARTIFACTS": str(tmp_path / "artifacts"),
-        "DEINFER_PREDICTOR_DATASET": "cpu-profiles",
-        "DEINFER_PREDICTOR_DATA_DIR": str(CPU_DATA),
-    }
-    child = spawn("predictor", [sys.executable, "-m", "services.predictor"], env, tmp_path / "log")
-    try:
-        wait_healthy(child, f"127.0.0.1:{port}", 60.0)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = predictor_pb2_grpc.PredictorStub(channel)  # type: ignore[no-untyped-call]
-            target = predictor_pb2.Placement(model="resnet18", batch=4, share=0.5)
-            other = predictor_pb2.Placement(model="mobilenet_v2", batch=4, share=0.5)
-            for device in ("", "cpu"):
-                query = predictor_pb2.PredictQuery(
-                    target=target, corunners=[other], device_type=device
-                )
-                answer = stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
-                assert answer.predictions[0].latency_ms > 0
-            query = predictor_pb2.PredictQuery(target=target, corunners=[other], device_type="cuda")
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "device type(s) cpu, not 'cuda'" in (caught.value.details() or "")
-            runs_only = tmp_path / "runs-only"
-            runs_only.mkdir()
-            shutil.copy(CPU_DATA / "colocation.csv", runs_only / "colocation.csv")
-            train = predictor_pb2.TrainRequest(dataset="cpu-profiles", data_dir=str(runs_only))
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Train(train, timeout=60)
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "profile the models alone first" in (caught.value.details() or "")
-            assert stub.Info(predictor_pb2.InfoRequest(), timeout=10).backend == "forest"
-    finally:
-        stop_group([child], 10.0)
+    with (
+        running_predictor(tmp_path, "cpu-profiles", CPU_DATA) as address,
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = predictor_pb2_grpc.PredictorStub(channel)  # type: ignore[no-untyped-call]
+        target = predictor_pb2.Placement(model="resnet18", batch=4, share=0.5)
+        other = predictor_pb2.Placement(model="mobilenet_v2", batch=4, share=0.5)
+        for device in ("", "cpu"):
+            query = predictor_pb2.PredictQuery(target=target, corunners=[other], device_type=device)
+            answer = stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
+            assert answer.predictions[0].latency_ms > 0
+        query = predictor_pb2.PredictQuery(target=target, corunners=[other], device_type="cuda")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(predictor_pb2.PredictRequest(queries=[query]), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "device type(s) cpu, not 'cuda'" in (caught.value.details() or "")
+        runs_only = tmp_path / "runs-only"
+        runs_only.mkdir()
+        shutil.copy(CPU_DATA / "colocation.csv", runs_only / "colocation.csv")
+        train = predictor_pb2.TrainRequest(dataset="cpu-profiles", data_dir=str(runs_only))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Train(train, timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "profile the models alone first" in (caught.value.details() or "")
+        assert stub.Info(predictor_pb2.InfoRequest(), timeout=10).backend == "forest"
