@@ -12,7 +12,6 @@ from services.predictor import artifacts, datasets
 from services.predictor.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
 from services.predictor.backends.base import TRAIN_THREADS, fitting_threads
 from services.predictor.datasets.base import CPU_PROFILES, DEINFER_RTX3080, IGNITER_V100
-from services.predictor.datasets.cpu_profiles import profiled_rows
 from services.predictor.metrics import score
 from services.predictor.placements import InvalidQuery, ProfileBook, Query, validate
 
@@ -53,10 +52,7 @@ class PredictorCore:
         name = backend or DEFAULT_BACKEND.get(dataset, "")
         if name not in BACKENDS:
             raise InvalidQuery(f"unknown backend {name!r}; one of {', '.join(BACKENDS)}")
-        samples = datasets.load(dataset, data_dir)
-        skipped = 0
-        if dataset == CPU_PROFILES:  # our own exports may hold runs of unprofiled members
-            samples, skipped = profiled_rows(samples)
+        samples, skipped = datasets.load_training(dataset, data_dir)
         model = make_backend(name)
         with fitting_threads(self.train_threads):
             model.fit(samples)

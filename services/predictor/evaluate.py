@@ -10,8 +10,7 @@ import numpy as np
 from services.predictor import datasets
 from services.predictor.backends import DEFAULT_BACKEND, make_backend
 from services.predictor.backends.base import fitting_threads
-from services.predictor.datasets.base import CPU_PROFILES, DatasetError
-from services.predictor.datasets.cpu_profiles import profiled_rows
+from services.predictor.datasets.base import DatasetError
 from services.predictor.metrics import Scores, score
 
 
@@ -39,9 +38,7 @@ def evaluate(
     dataset: str, train_dir: Path, test_dir: Path, backend: str | None = None
 ) -> Evaluation:
     name = backend or DEFAULT_BACKEND.get(dataset, "")
-    train = datasets.load(dataset, train_dir)
-    if dataset == CPU_PROFILES:
-        train, _ = profiled_rows(train)  # runs of unprofiled members teach nothing
+    train, _ = datasets.load_training(dataset, train_dir)
     # Profile files missing from --test (solo tables, coefficients) come from --train.
     test = datasets.load(dataset, test_dir, train.queries.profiles)
     model = make_backend(name)

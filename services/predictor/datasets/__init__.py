@@ -36,6 +36,15 @@ def load(dataset: str, folder: Path, fallback: object = None) -> Samples:
     return LOADERS[dataset](folder, fallback)
 
 
+def load_training(dataset: str, folder: Path) -> tuple[Samples, int]:
+    """A folder to fit on: `load`, less the rows nothing can be learnt from (our own exports
+    may hold runs of members never profiled alone), and how many were left out."""
+    samples = load(dataset, folder)
+    if dataset == CPU_PROFILES:
+        return cpu_profiles.profiled_rows(samples)
+    return samples, 0
+
+
 __all__ = [
     "CPU_PROFILES",
     "DATASETS",
@@ -46,4 +55,5 @@ __all__ = [
     "Queries",
     "Samples",
     "load",
+    "load_training",
 ]

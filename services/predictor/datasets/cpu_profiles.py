@@ -26,6 +26,7 @@ from services.predictor.datasets.base import (
     Queries,
     Samples,
 )
+from services.profiler.shares import threads_for_share
 
 SOLO = "solo.csv"
 COLOCATION = "colocation.csv"
@@ -125,7 +126,7 @@ def threads_for(share: float, device_threads: int) -> float:
     GPU (device_threads 0), where the share is an MPS percentage and profiles record 0."""
     if device_threads <= 0:
         return 0.0
-    return float(max(1, round(share * device_threads)))
+    return float(threads_for_share(share, device_threads))
 
 
 def member_row(
